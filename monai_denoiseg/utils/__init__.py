@@ -1,0 +1,1 @@
+from .validation import check_finite, check_instance_labels, check_offsets, check_same_spatial_shape, check_spatial_ndim
