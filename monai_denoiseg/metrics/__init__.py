@@ -1,0 +1,27 @@
+"""Evaluation metrics as MONAI cumulative metrics: VOI and adapted Rand error for instances, PSNR/SSIM
+on the reference's [0, 1] scale, IoU/F1 for binary masks."""
+
+from .binary import binary_f1_metric, binary_iou_metric
+from .image import UnitRangePSNRMetric, UnitRangeSSIMMetric, to_unit_range
+from .segmentation import (
+    AdaptedRandError,
+    AdaptedRandErrorMetric,
+    VariationOfInformation,
+    VariationOfInformationMetric,
+    adapted_rand_error,
+    variation_of_information,
+)
+
+__all__ = [
+    "AdaptedRandError",
+    "AdaptedRandErrorMetric",
+    "UnitRangePSNRMetric",
+    "UnitRangeSSIMMetric",
+    "VariationOfInformation",
+    "VariationOfInformationMetric",
+    "adapted_rand_error",
+    "binary_f1_metric",
+    "binary_iou_metric",
+    "to_unit_range",
+    "variation_of_information",
+]
