@@ -1,0 +1,3 @@
+"""Network blocks: the Instance-aware Embedding Module (IEM)."""
+
+from .iem import IEM_MODES, InstanceAwareEmbedding
