@@ -81,21 +81,35 @@ class JointDenoiSegNet(nn.Module):
     def use_fusion(self) -> bool:
         return self.fusion is not None
 
-    def forward(self, noisy: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, noisy: torch.Tensor, stages: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Run the chain; ``stages`` (a subset of :data:`STAGES`, default: every stage present) picks the
+        sub-networks used, e.g. ``("denoiser",)`` for a denoiser alone or ``("segmenter", "fusion")``
+        for the "w/o DN" ablation. Each stage takes the output of the previous one present."""
         check_spatial_ndim(noisy, (2, 3), key="noisy", extra_dims=2)
+        stages = self.available_stages if stages is None else tuple(stages)
+        for name in stages:
+            if name not in self.available_stages:
+                raise ValueError(f"stages: expected names from {self.available_stages}, got {name!r}.")
+        if "fusion" in stages and "segmenter" not in stages:
+            raise ValueError(f"stages: 'fusion' needs the 'segmenter' (its affinity input), got {stages}.")
         shape = noisy.shape[2:]
         image = pad_to_multiple(noisy, self.multiple, self.pad_mode)
         out = {}
-        if self.denoiser is not None:
+        if "denoiser" in stages:
             image = out["coarse"] = self.denoiser(image)
-        out["affinity"] = self.segmenter(image)
-        out["affinity_prob"] = torch.sigmoid(out["affinity"])
-        if self.fusion is not None:
+        if "segmenter" in stages:
+            out["affinity"] = self.segmenter(image)
+            out["affinity_prob"] = torch.sigmoid(out["affinity"])
+        if "fusion" in stages:
             guide = out["affinity_prob"] if self.fuse_probabilities else out["affinity"]
             out["final"] = self.fusion(image, guide)
         if "final" in out or "coarse" in out:
             out["denoised"] = out.get("final", out.get("coarse"))
         return crop_spatial(out, shape)
+
+    @property
+    def available_stages(self) -> tuple[str, ...]:
+        return tuple(name for name in STAGES if getattr(self, name) is not None)
 
     # -- freezing (sequential / DMS strategies) ---------------------------------------------
     def freeze(self, *stages: str, frozen: bool = True) -> JointDenoiSegNet:

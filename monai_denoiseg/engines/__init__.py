@@ -1,0 +1,4 @@
+"""Training and evaluation engines: one trainer for every strategy, whole-volume evaluation."""
+
+from .strategies import INPUTS, LOSS_TERMS, STRATEGIES, Strategy, get_strategy, strategy_loss
+from .trainer import DenoiSegTrainer, load_stage, make_optimizer, poly_scheduler, stage_state_dict
