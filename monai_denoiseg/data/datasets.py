@@ -21,7 +21,7 @@ from monai.transforms import Compose, RandFlipd, RandRotate90d
 from monai_denoiseg.data.noisy_copy import NOISES, make_noisy_copy
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D, LabelToAffinityd
 
-__all__ = ["read_volume", "fixed_noisy_volume", "load_split", "PatchDataset", "train_transforms", "IMAGE_KEYS"]
+__all__ = ["read_volume", "write_volume", "fixed_noisy_volume", "load_split", "PatchDataset", "train_transforms", "IMAGE_KEYS"]
 
 IMAGE_KEYS = ("noisy", "clean")
 
@@ -49,6 +49,33 @@ def read_volume(path: str | os.PathLike, key: str | None = None, roi: Sequence[s
 
         return np.asarray(nib.load(path).dataobj).T[roi]  # NIfTI x-y-z -> z-y-x
     raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
+
+
+def write_volume(path: str | os.PathLike, array: np.ndarray, key: str | None = None) -> Path:
+    """Write a (Z, Y, X) array as HDF5 (dataset ``key``, added to an existing file), TIFF stack or NIfTI."""
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    name = path.name.lower()
+    if name.endswith((".h5", ".hdf5", ".hdf", ".he5")):
+        import h5py
+
+        if not key:
+            raise ValueError(f"key: an HDF5 dataset name is required to write {str(path)!r}.")
+        with h5py.File(path, "a") as f:
+            if key in f:
+                del f[key]
+            f.create_dataset(key, data=array, compression="gzip", chunks=True)
+    elif name.endswith((".tif", ".tiff")):
+        import tifffile
+
+        tifffile.imwrite(path, array)
+    elif name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        nib.save(nib.Nifti1Image(np.asarray(array).T, np.eye(4)), path)
+    else:
+        raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
+    return path
 
 
 def _h5_datasets(f) -> list[str]:
@@ -150,9 +177,9 @@ def train_transforms(
     """
     keys = [*image_keys, label_key]
     axes = range(spatial_dims)
-    t = [RandFlipd(keys, prob=0.5, spatial_axis=a) for a in axes] if flips else []
+    t = [RandFlipd(keys, prob=0.5, spatial_axis=a, allow_missing_keys=True) for a in axes] if flips else []
     if rotations:
-        t.append(RandRotate90d(keys, prob=0.75, max_k=3, spatial_axes=(spatial_dims - 2, spatial_dims - 1)))
+        t.append(RandRotate90d(keys, 0.75, 3, (spatial_dims - 2, spatial_dims - 1), allow_missing_keys=True))
     if offsets is not None:
         t.append(LabelToAffinityd(label_key, offsets, background_label=background_label, ignore_label=ignore_label))
     return Compose(t)

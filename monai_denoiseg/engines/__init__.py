@@ -1,4 +1,6 @@
 """Training and evaluation engines: one trainer for every strategy, whole-volume evaluation."""
 
 from .strategies import INPUTS, LOSS_TERMS, STRATEGIES, Strategy, get_strategy, strategy_loss
-from .trainer import DenoiSegTrainer, load_stage, make_optimizer, poly_scheduler, stage_state_dict
+from .trainer import DenoiSegTrainer, load_network_weights, load_stage, make_optimizer, poly_scheduler, stage_state_dict
+from .handlers import ProgressBarHandler
+from .inference import output_paths, run_inference

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -24,13 +25,15 @@ import torch
 from ignite.engine import Events
 from ignite.metrics import Average
 from monai.engines import SupervisedTrainer
+from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler
 from torch import nn
 
 from monai_denoiseg.engines.strategies import LOSS_TERMS, Strategy, get_strategy, strategy_loss
 from monai_denoiseg.networks.nets.joint import STAGES, JointDenoiSegNet
 from monai_denoiseg.transforms.n2v import RandN2VMask
 
-__all__ = ["DenoiSegTrainer", "make_optimizer", "poly_scheduler", "load_stage", "stage_state_dict"]
+__all__ = ["DenoiSegTrainer", "make_optimizer", "poly_scheduler", "load_stage", "load_network_weights", "stage_state_dict",
+           "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 SEG_TARGET_KEYS = ("affinity", "affinity_weight", "affinity_mask")
@@ -67,6 +70,26 @@ def stage_state_dict(network: JointDenoiSegNet, stage: str) -> dict[str, torch.T
     return getattr(network, stage).state_dict()
 
 
+def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
+    """The newest epoch-end checkpoint (``*epoch=<n>.pt``) in ``folder``, or None."""
+    folder = Path(folder)
+    found = [(int(m.group(1)), p) for p in folder.glob("*epoch=*.pt") if (m := re.search(r"epoch=(\d+)", p.name))]
+    return max(found)[1] if found else None
+
+
+def load_network_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load a trained network's state dict (or a MONAI checkpoint with a ``"network"`` entry) from ``path``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint: no trained weights at {str(path)!r}; train first, or pass --checkpoint.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, Mapping) and isinstance(state.get("network"), Mapping):
+        state = state["network"]
+    target = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
+    target.load_state_dict(state)
+    return network
+
+
 def load_stage(network: JointDenoiSegNet, stage: str, path: str | os.PathLike) -> None:
     """Load one stage's weights from a file holding that stage's state dict, a whole joint network's
     (keys prefixed ``"<stage>."``), or a MONAI checkpoint dict with a ``"network"`` entry."""
@@ -100,6 +123,10 @@ class DenoiSegTrainer(SupervisedTrainer):
             without one is trained first for ``pretrain_iterations`` with the strategy named in
             ``strategy.pretrain`` and cached as ``<output_dir>/pretrained_<stage>.pt``.
         seed: base seed of the per-iteration blind spots and dropout.
+        lr_scheduler: stepped once per iteration (e.g. :func:`poly_scheduler`).
+        checkpoint_dir: where epoch-end checkpoints (network, optimiser, scheduler, trainer state) go,
+            every ``checkpoint_interval`` epochs; with ``resume`` the newest one there is loaded at
+            start, so a killed run continues where it stopped.
         amp: mixed precision (float16 autocast + GradScaler), CUDA only; ignored on the CPU.
     """
 
@@ -120,21 +147,27 @@ class DenoiSegTrainer(SupervisedTrainer):
         output_dir: str | os.PathLike | None = None,
         seed: int = 0,
         amp: bool = False,
+        lr_scheduler=None,
+        checkpoint_dir: str | os.PathLike | None = None,
+        checkpoint_interval: int = 1,
+        resume: bool = True,
         train_handlers: Sequence | None = None,
         **kwargs,
     ) -> None:
         self.strategy = get_strategy(strategy)
+        core = network.module if isinstance(network, nn.parallel.DistributedDataParallel) else network
         for name in self.strategy.stages:
-            if getattr(network, name, None) is None:
+            if getattr(core, name, None) is None:
                 raise ValueError(f"network.{name}: strategy {self.strategy.name!r} runs it, but the network has none.")
         device = torch.device(device)
         network = network.to(device)
-        optimizer = optimizer if optimizer is not None else make_optimizer(network, self.strategy)
+        optimizer = optimizer if optimizer is not None else make_optimizer(core, self.strategy)
         super().__init__(
             device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
             optimizer=optimizer, loss_function=self._unused_loss, epoch_length=epoch_length,
             train_handlers=train_handlers, amp=False, decollate=False, **kwargs,
         )
+        self.core = core  # the joint net itself (``network`` may be its DistributedDataParallel wrapper)
         self.use_amp = bool(amp) and device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
         self.n2v_mask = n2v_mask if n2v_mask is not None else RandN2VMask(spatial_dims=self._spatial_dims())
@@ -145,11 +178,26 @@ class DenoiSegTrainer(SupervisedTrainer):
         self.output_dir = Path(output_dir) if output_dir is not None else None
         self.seed = int(seed)
         self._set_frozen(self.strategy)
+        self.lr_scheduler = lr_scheduler
+        if lr_scheduler is not None:
+            LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=False).attach(self)
+        if checkpoint_dir is not None:
+            self._attach_checkpoints(Path(checkpoint_dir), int(checkpoint_interval), resume)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
         self.add_event_handler(Events.STARTED, self._prepare_pretrained)
         for term in LOSS_TERMS + ("loss",):
             if term == "loss" or term in self.strategy.weights:
                 Average(output_transform=lambda out, t=term: out["terms"][t]).attach(self, f"train_{term}")
+
+    def _attach_checkpoints(self, folder: Path, interval: int, resume: bool) -> None:
+        state = {"network": self.core, "optimizer": self.optimizer, "trainer": self}
+        if self.lr_scheduler is not None:
+            state["lr_scheduler"] = self.lr_scheduler
+        if resume and (latest := latest_checkpoint(folder)) is not None:
+            logger.info("resuming from %s", latest)
+            CheckpointLoader(str(latest), state, map_location=self.state.device).attach(self)
+        CheckpointSaver(str(folder), state, save_interval=interval, epoch_level=True, n_saved=1,
+                        save_final=False).attach(self)
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -158,16 +206,16 @@ class DenoiSegTrainer(SupervisedTrainer):
 
     def _spatial_dims(self) -> int:
         for name in STAGES:
-            stage = getattr(self.network, name, None)
+            stage = getattr(self.core, name, None)
             if stage is not None and getattr(stage, "spatial_dims", None) in (2, 3):
                 return int(stage.spatial_dims)
         return 2
 
     def _set_frozen(self, strategy: Strategy) -> None:
-        present = [s for s in STAGES if getattr(self.network, s, None) is not None]
-        self.network.freeze(*present, frozen=False)
+        present = [s for s in STAGES if getattr(self.core, s, None) is not None]
+        self.core.freeze(*present, frozen=False)
         if strategy.frozen:
-            self.network.freeze(*strategy.frozen)
+            self.core.freeze(*strategy.frozen)
 
     def _set_data_epoch(self, engine) -> None:
         dataset = getattr(self.data_loader, "dataset", None)
@@ -185,7 +233,7 @@ class DenoiSegTrainer(SupervisedTrainer):
             if path is None and cached is not None and cached.is_file():
                 path = cached
             if path is not None:
-                load_stage(self.network, stage, path)
+                load_stage(self.core, stage, path)
                 logger.info("%s: loaded the pretrained %s from %s", self.strategy.name, stage, path)
                 continue
             logger.info("%s: pretraining the %s with %r for %d iterations", self.strategy.name, stage, pre,
@@ -193,14 +241,14 @@ class DenoiSegTrainer(SupervisedTrainer):
             self.pretrain(pre, self.pretrain_iterations)
             if cached is not None:
                 cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(stage_state_dict(self.network, stage), cached)
+                torch.save(stage_state_dict(self.core, stage), cached)
         self._set_frozen(self.strategy)
 
     def pretrain(self, strategy: str | Strategy, iterations: int) -> dict[str, float]:
         """Train with another strategy for ``iterations`` steps on this trainer's data (fresh optimiser)."""
         strategy = get_strategy(strategy)
         self._set_frozen(strategy)
-        optimizer = make_optimizer(self.network, strategy)
+        optimizer = make_optimizer(self.core, strategy)
         terms: dict[str, float] = {}
         done, epoch = 0, 0
         dataset = getattr(self.data_loader, "dataset", None)

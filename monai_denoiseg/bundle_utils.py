@@ -1,0 +1,99 @@
+"""Small helpers that MONAI bundle configs of this toolkit call (``$monai_denoiseg.bundle_utils.x(...)``).
+
+They keep the configs declarative: where the bundle lives (MONAI's ``bundle_root`` would otherwise be
+the current directory), where the data are (a local folder, ``$MONAI_DENOISEG_DATA``, or a verified
+download), which checkpoint a killed run resumes from, and which image keys a strategy may read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+from monai_denoiseg.engines.strategies import get_strategy
+
+__all__ = ["find_bundle_root", "locate_data", "split_keys", "resolve_device", "rank_zero_only"]
+
+DATA_ENV = "MONAI_DENOISEG_DATA"
+
+
+def _bundle_name(folder: Path) -> str | None:
+    meta = folder / "configs" / "metadata.json"
+    if not meta.is_file():
+        return None
+    try:
+        return json.loads(meta.read_text()).get("name") and folder.name
+    except (OSError, ValueError):
+        return None
+
+
+def find_bundle_root(name: str) -> str:
+    """The folder of bundle ``name``: from the ``--config_file`` path(s) on the command line, the current
+    directory (run from inside the bundle) or ``./bundles/<name>`` (run from the repository root)."""
+    candidates: list[Path] = []
+    for arg in sys.argv:
+        for path in re.findall(r"[^\s'\",\[\]=]+\.(?:ya?ml|json)", arg):
+            p = Path(path).expanduser().resolve()
+            if p.parent.name == "configs":
+                candidates.append(p.parent.parent)
+    candidates += [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
+    for folder in candidates:
+        if folder.name == name and _bundle_name(folder):
+            return str(folder)
+    raise FileNotFoundError(
+        f"bundle_root: could not find the bundle {name!r} (looked in {[str(c) for c in candidates]}); "
+        f"pass --bundle_root <path to bundles/{name}>."
+    )
+
+
+def locate_data(filename: str, data_dir: str | None = None, bundle_root: str | None = None,
+                download: str | None = None) -> str:
+    """Path of a dataset file: ``data_dir``, then ``$MONAI_DENOISEG_DATA``, then ``<bundle_root>/data``;
+    if absent everywhere and ``download`` names a dataset (``"medulla"``), download it (checksummed)
+    into ``<bundle_root>/data``. Raises a ``FileNotFoundError`` saying where to put the file otherwise."""
+    folders = [d for d in (data_dir, os.environ.get(DATA_ENV), bundle_root and str(Path(bundle_root) / "data")) if d]
+    for folder in folders:
+        path = Path(folder).expanduser() / filename
+        if path.is_file():
+            return str(path)
+    if download and bundle_root:
+        from monai_denoiseg.data import download as dl
+
+        target = Path(bundle_root) / "data"
+        if download == "medulla":
+            return str(dl.download_medulla(target))
+        raise ValueError(f"download: expected 'medulla' or None, got {download!r}.")
+    raise FileNotFoundError(
+        f"{filename}: not found in {folders}. Put the file in one of them, or point the bundle key "
+        f"'data_dir' (--data_dir /path) or the environment variable {DATA_ENV} to the folder that holds it."
+    )
+
+
+def split_keys(strategy: str, split: str = "train") -> tuple[str, ...]:
+    """Keys a split loads: training under a Noise2Void strategy never loads the clean image."""
+    if split == "train" and not get_strategy(strategy).needs_clean:
+        return ("noisy", "label")
+    return ("noisy", "clean", "label")
+
+
+def resolve_device(device: str = "auto"):
+    """``"auto"``: CUDA when available, else the CPU."""
+    import torch
+
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def rank_zero_only(handlers: list) -> list:
+    """On ranks > 0 of a distributed run, drop the handlers that validate, save or log (rank 0 does)."""
+    import torch.distributed as dist
+    from monai.handlers import CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ValidationHandler
+
+    from monai_denoiseg.engines.handlers import ProgressBarHandler
+
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        return handlers
+    rank0 = (CheckpointSaver, StatsHandler, TensorBoardStatsHandler, ValidationHandler, ProgressBarHandler)
+    return [h for h in handlers if not isinstance(h, rank0)]

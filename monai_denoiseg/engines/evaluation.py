@@ -1,0 +1,452 @@
+"""Whole-slice / whole-volume evaluation of the joint network, as in the EM-DenoiSeg paper (MICCAI 2024).
+
+Plain functions, to be wired into an evaluator (e.g. :class:`~monai_denoiseg.engines.evaluator.DenoiSegEvaluator`):
+
+- :func:`predict_volume`: sliding-window inference (MONAI ``SlidingWindowInferer``, Gaussian blending) of a
+  network returning a dict (or a tensor) over a whole stack, per 2-D slice or as one 3-D volume; every output
+  key is kept (MONAI's ``buffer_steps`` mode would keep only the first one, so it is never used).
+- :func:`segment`: mutex-watershed instances of the predicted affinities (:class:`AffinityToInstances`).
+- :func:`evaluate_prediction`: the paper's metrics, PSNR/SSIM of the coarse and final images, VOI (split,
+  merge, total, bits) and adapted Rand error of the instances, IoU/F1 for binary tasks.
+- :func:`save_metrics`, :func:`save_figure`: a JSON + CSV table and a Fig. 2-style PNG.
+
+See ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import numbers
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import SlidingWindowInferer
+from monai.utils import look_up_option
+
+from monai_denoiseg.metrics import (
+    AdaptedRandErrorMetric,
+    UnitRangePSNRMetric,
+    UnitRangeSSIMMetric,
+    VariationOfInformationMetric,
+    binary_f1_metric,
+    binary_iou_metric,
+)
+from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D
+from monai_denoiseg.transforms.instances import AffinityToInstances
+
+__all__ = ["predict_volume", "segment", "evaluate_prediction", "save_metrics", "save_figure", "IMAGE_KEYS"]
+
+#: image outputs scored against the clean image: output key -> metric suffix
+IMAGE_KEYS: dict[str, str] = {"coarse": "coarse", "final": "final"}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def _to_numpy(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _stack_3d(x, key: str) -> np.ndarray:
+    """An image or id stack (D, H, W) from (D, H, W), (1, D, H, W) or a single slice (H, W)."""
+    arr = _to_numpy(x)
+    if arr.ndim == 4 and arr.shape[0] == 1:
+        arr = arr[0]
+    elif arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise ValueError(f"{key}: expected (D, H, W), (1, D, H, W) or (H, W), got shape {arr.shape}.")
+    return arr
+
+
+def _channels_4d(x, key: str) -> np.ndarray:
+    """A prediction (C, D, H, W) from (C, D, H, W) or a single slice (C, H, W)."""
+    arr = _to_numpy(x)
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4:
+        raise ValueError(f"{key}: expected (C, D, H, W) or (C, H, W), got shape {arr.shape}.")
+    return arr
+
+
+def _as_dict(out) -> dict[str, torch.Tensor]:
+    if isinstance(out, Mapping):
+        return dict(out)
+    if isinstance(out, torch.Tensor):
+        return {"pred": out}
+    if isinstance(out, Sequence):
+        return {str(i): o for i, o in enumerate(out)}
+    raise TypeError(f"network output: expected a dict, a tensor or a sequence of tensors, got {type(out).__name__}.")
+
+
+def _default_device(network) -> torch.device:
+    if isinstance(network, torch.nn.Module):
+        for p in network.parameters():
+            return p.device
+        for b in network.buffers():
+            return b.device
+    return torch.device("cpu")
+
+
+def _float(v) -> float:
+    return float(v.item() if isinstance(v, (torch.Tensor, np.ndarray)) else v)
+
+
+def _nanmean(values) -> float:
+    vals = np.asarray(_to_numpy(values), dtype=np.float64).reshape(-1)
+    vals = vals[~np.isnan(vals)]
+    return float(vals.mean()) if vals.size else float("nan")
+
+
+# ------------------------------------------------------------------------------------------ inference
+def predict_volume(
+    network: torch.nn.Module | Callable[[torch.Tensor], Any],
+    noisy,
+    roi_size: Sequence[int] | int,
+    sw_batch_size: int = 4,
+    overlap: float = 0.25,
+    mode: str = "gaussian",
+    spatial_dims: int = 2,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Sliding-window inference of ``network`` over a whole stack; every output as (C, D, H, W) float32 on the CPU.
+
+    Args:
+        network: a module or callable taking (B, C, *roi) and returning a dict of (B, C', *roi) tensors (e.g.
+            :class:`JointDenoiSegNet`), a tensor (returned under ``"pred"``) or a sequence (keys ``"0"``, ``"1"``...).
+        noisy: float image in [0, 1] (intensity / 255), (D, H, W), (C, D, H, W) or, for ``spatial_dims=2``, a
+            single slice (H, W); tensor or numpy. Integer input is rejected (divide by 255 first).
+        roi_size: window size, 2-D (H, W) for ``spatial_dims=2``, 3-D (D, H, W) for 3; an int is repeated.
+            A window larger than the image is fine (MONAI pads and crops back).
+        sw_batch_size: windows per forward pass. In 2-D the slices are fed to the inferer as one batch of
+            ``sw_batch_size`` slices at a time, so windows of several slices share a forward pass.
+        overlap, mode: MONAI's window overlap and blending (``"gaussian"``: Gaussian importance weights).
+        spatial_dims: 2 = every z-slice on its own with 2-D windows (the paper's protocol); 3 = one 3-D
+            sliding window over the volume.
+        device: where the network runs and the windows are blended (default: the network's device); the
+            result is always moved to the CPU.
+        amp: autocast on ``device`` (float16 on CUDA, bfloat16 on CPU); blending stays float32.
+
+    The network is put in eval mode under ``torch.inference_mode()``; every submodule's training flag is
+    restored afterwards (frozen stages stay frozen). MONAI's ``buffer_steps`` is never used: it returns
+    only the first output of a dict predictor. The returned tensors are ordinary (not inference) tensors.
+    """
+    spatial_dims = int(look_up_option(spatial_dims, (2, 3)))
+    x = noisy if isinstance(noisy, torch.Tensor) else torch.as_tensor(np.asarray(noisy))
+    if not (x.is_floating_point()):
+        raise ValueError(
+            f"noisy: expected a float image in [0, 1] (intensity / 255), got dtype {x.dtype}; divide by 255 first."
+        )
+    if x.ndim == 2 and spatial_dims == 2:
+        x = x[None]
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4:
+        raise ValueError(f"noisy: expected (D, H, W) or (C, D, H, W), got shape {tuple(x.shape)}.")
+    roi = (int(roi_size),) * spatial_dims if isinstance(roi_size, numbers.Integral) else tuple(int(r) for r in roi_size)
+    if len(roi) != spatial_dims:
+        raise ValueError(f"roi_size: expected {spatial_dims} sizes for spatial_dims={spatial_dims}, got {roi_size!r}.")
+    if int(sw_batch_size) < 1:
+        raise ValueError(f"sw_batch_size: expected a positive int, got {sw_batch_size!r}.")
+    device = torch.device(device) if device is not None else _default_device(network)
+    x = x.to(torch.float32)
+    inferer = SlidingWindowInferer(
+        roi_size=roi, sw_batch_size=int(sw_batch_size), overlap=overlap, mode=mode, progress=False,
+        sw_device=device, device=device,
+    )
+
+    def predictor(window: torch.Tensor):
+        with torch.autocast(device_type=device.type, enabled=bool(amp)):
+            return _as_dict(network(window))
+
+    modules = list(network.modules()) if isinstance(network, torch.nn.Module) else []
+    flags = [m.training for m in modules]
+    if isinstance(network, torch.nn.Module):
+        network.eval()
+    try:
+        if spatial_dims == 3:
+            with torch.inference_mode():
+                res = inferer(x[None].to(device), predictor)
+            # key by key, out of inference mode (ordinary tensors), freeing each blended buffer as we go
+            return {k: res.pop(k)[0].to("cpu", torch.float32).clone() for k in list(res)}
+        slices = x.permute(1, 0, 2, 3)  # (D, C, H, W): the slices are the batch
+        out: dict[str, torch.Tensor] = {}
+        step = int(sw_batch_size)
+        for z0 in range(0, slices.shape[0], step):
+            with torch.inference_mode():
+                res = inferer(slices[z0 : z0 + step].to(device), predictor)
+            for k, v in res.items():
+                v = v.to("cpu", torch.float32).transpose(0, 1)  # (C, b, H, W)
+                if k not in out:
+                    out[k] = torch.empty((v.shape[0], slices.shape[0], *v.shape[2:]), dtype=torch.float32)
+                out[k][:, z0 : z0 + v.shape[1]] = v
+        return out
+    finally:
+        for m, f in zip(modules, flags):
+            m.training = f
+
+
+# ------------------------------------------------------------------------------------------ instances
+def segment(
+    affinity_prob,
+    offsets: Sequence[Sequence[int]] = PAPER_OFFSETS_2D,
+    strides: Sequence[int] | None = None,
+    mask=None,
+    randomize_strides: bool = False,
+    num_attractive: int | None = None,
+    min_size: int = 0,
+) -> np.ndarray:
+    """Mutex-watershed instances of "same instance" probabilities (C, D, H, W) (or one slice (C, H, W)).
+
+    A thin wrapper over :class:`~monai_denoiseg.transforms.instances.AffinityToInstances`: 2-D offsets
+    segment every z-slice on its own (ids disjoint across slices), 3-D offsets the volume in 3-D.
+    ``strides=None`` is the reference's (5, 5) (``(1, 5, 5)`` in 3-D). ``mask`` (D, H, W) or (1, D, H, W),
+    nonzero = foreground: edges touching the background are dropped, background gets 0. Returns uint64
+    labels (D, H, W) (or (H, W) for a single slice), 1..n, never cast to a narrower type.
+    """
+    aff = np.asarray(_to_numpy(affinity_prob), dtype=np.float32)
+    single = aff.ndim == 3 and len(offsets[0]) == 2
+    aff = _channels_4d(aff, "affinity_prob") if single else aff
+    if aff.ndim != 4:
+        raise ValueError(f"affinity_prob: expected (C, D, H, W) or (C, H, W), got shape {aff.shape}.")
+    fg = None
+    if mask is not None:
+        fg = _stack_3d(mask, "mask")[None] != 0
+    mws = AffinityToInstances(offsets, strides=strides, randomize_strides=randomize_strides,
+                              num_attractive=num_attractive, min_size=min_size)
+    labels = np.asarray(mws(aff, mask=fg, key="affinity_prob"))[0].astype(np.uint64)
+    return labels[0] if single else labels
+
+
+# ------------------------------------------------------------------------------------------- metrics
+def _image_metrics(pred: np.ndarray, clean: np.ndarray, per: str) -> tuple[float, float]:
+    """PSNR (dB) and SSIM (uniform 7-wide window, sample covariance, data range 1, as scikit-image's
+    ``structural_similarity(win_size=7, data_range=1)``) of (D, H, W) images in [0, 1]. ``"slice"``: per 2-D
+    slice, averaged; ``"volume"``: one PSNR over the volume and a 3-D SSIM (7x7x7; per-slice 2-D SSIM
+    averaged when D < 7, too thin for a 3-D window)."""
+    p = torch.as_tensor(np.ascontiguousarray(pred, dtype=np.float32))
+    c = torch.as_tensor(np.ascontiguousarray(clean, dtype=np.float32))
+    if per == "slice":
+        psnr = UnitRangePSNRMetric(data_range=1.0)(p[:, None], c[:, None])
+    else:
+        psnr = UnitRangePSNRMetric(data_range=1.0)(p[None, None], c[None, None])
+    if per == "volume" and p.shape[0] >= 7:
+        ssim = UnitRangeSSIMMetric(spatial_dims=3, data_range=1.0)(p[None, None], c[None, None])
+    else:
+        ssim = UnitRangeSSIMMetric(spatial_dims=2, data_range=1.0)(p[:, None], c[:, None])
+    return float(psnr.double().mean()), float(ssim.double().mean())
+
+
+def evaluate_prediction(
+    pred: Mapping[str, Any],
+    clean=None,
+    labels=None,
+    offsets: Sequence[Sequence[int]] = PAPER_OFFSETS_2D,
+    per: str = "slice",
+    mws_kwargs: Mapping[str, Any] | None = None,
+    foreground_mask_from_gt: bool = False,
+    binary_key: str | None = None,
+    affinity_key: str = "affinity_prob",
+    ignore_gt: Sequence[int] = (0,),
+    return_instances: bool = False,
+) -> dict[str, Any]:
+    """The EM-DenoiSeg paper's metrics of one predicted stack; a dict of floats.
+
+    Args:
+        pred: outputs (C, D, H, W) (or one slice (C, H, W)), e.g. from :func:`predict_volume`: ``"coarse"``
+            and ``"final"`` images in [0, 1], ``affinity_key`` "same instance" probabilities (one channel per offset).
+        clean: clean image (D, H, W) in [0, 1], or None (no image metrics).
+        labels: ground-truth instance ids (D, H, W), 0 = background / unlabelled (ignored), or None.
+        offsets: the affinity offsets (2-D: every slice segmented on its own; 3-D: the volume in 3-D).
+        per: ``"slice"`` (the paper: every metric computed per 2-D slice and averaged over slices) or
+            ``"volume"`` (one 3-D PSNR, 3-D SSIM with a 7x7x7 window, one 3-D VOI/ARAND). Note that 2-D
+            offsets give ids disjoint across slices, so a ``"volume"`` score of a per-slice segmentation
+            counts every neuron as split between slices.
+        mws_kwargs: arguments of :func:`segment` (``strides``, ``min_size``, ...).
+        foreground_mask_from_gt: mask the mutex watershed with ``labels > 0``, as the reference code does
+            (it hands the method the true membranes / background, which are not known at test time).
+            Default False: the honest protocol, every pixel is segmented (ground-truth 0 is ignored by the
+            metrics either way).
+        binary_key: name of a 1-channel probability output of a binary task (e.g. mitochondria): it is
+            thresholded at 0.5 and scored with IoU and F1 against ``labels > 0`` (per slice: slices
+            without foreground in the ground truth are left out), instead of the instance metrics.
+        affinity_key: the affinity output to segment.
+        ignore_gt: ground-truth ids left out of VOI and ARAND.
+        return_instances: also return the uint64 instances (D, H, W) under ``"instances"`` (the binary
+            mask for a binary task; None if nothing was segmented).
+
+    Returns:
+        ``psnr_coarse``, ``ssim_coarse``, ``psnr_final``, ``ssim_final`` (those images present, if ``clean``
+        is given; PSNR = inf for a perfect image), ``voi_split``, ``voi_merge``, ``voi`` (bits) and
+        ``arand`` (if ``labels`` and the affinities are given), or ``iou`` and ``f1`` (binary task).
+    """
+    per = look_up_option(per, ("slice", "volume"))
+    metrics: dict[str, Any] = {}
+    gt = None if labels is None else _stack_3d(labels, "labels")
+    if clean is not None:
+        ref = _stack_3d(clean, "clean").astype(np.float32)
+        for key, name in IMAGE_KEYS.items():
+            if pred.get(key) is None:
+                continue
+            img = _channels_4d(pred[key], key)
+            if img.shape[1:] != ref.shape or img.shape[0] != 1:
+                raise ValueError(f"{key}: expected one channel shaped like clean {ref.shape}, got shape {img.shape}.")
+            metrics[f"psnr_{name}"], metrics[f"ssim_{name}"] = _image_metrics(img[0], ref, per)
+    instances = None
+    if binary_key is not None:
+        prob = _channels_4d(pred[binary_key], binary_key)
+        if prob.shape[0] != 1:
+            raise ValueError(f"{binary_key}: expected a 1-channel probability, got shape {prob.shape}.")
+        instances = (prob[0] > 0.5).astype(np.uint64)
+        if gt is not None:
+            if gt.shape != instances.shape:
+                raise ValueError(f"labels: expected the shape of {binary_key} {instances.shape}, got {gt.shape}.")
+            p, g = torch.as_tensor(instances > 0), torch.as_tensor(gt > 0)
+            p, g = (p[:, None], g[:, None]) if per == "slice" else (p[None, None], g[None, None])
+            metrics["iou"] = _nanmean(binary_iou_metric(reduction="none")(p.float(), g.float()))
+            metrics["f1"] = _nanmean(binary_f1_metric(reduction="none")(p.float(), g.float()))
+    elif pred.get(affinity_key) is not None and (gt is not None or return_instances):
+        if foreground_mask_from_gt and gt is None:
+            raise ValueError("foreground_mask_from_gt: needs labels, got labels=None.")
+        mask = gt != 0 if foreground_mask_from_gt else None
+        instances = segment(_channels_4d(pred[affinity_key], affinity_key), offsets, mask=mask, **dict(mws_kwargs or {}))
+        if gt is not None:
+            if gt.shape != instances.shape:
+                raise ValueError(f"labels: expected the shape of the prediction {instances.shape}, got {gt.shape}.")
+            seg_b, gt_b = instances[None, None], gt[None, None]
+            voi = VariationOfInformationMetric(mode=per, ignore_gt=ignore_gt)(seg_b, gt_b)[0]  # total, split, merge
+            arand = AdaptedRandErrorMetric(mode=per, ignore_gt=ignore_gt)(seg_b, gt_b)[0]
+            metrics.update(voi_split=float(voi[1]), voi_merge=float(voi[2]), voi=float(voi[0]), arand=float(arand[0]))
+    if return_instances:
+        metrics["instances"] = instances
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------- output
+def _plain(v):
+    """JSON/CSV-friendly scalar: numpy / torch scalars -> Python numbers."""
+    if isinstance(v, (torch.Tensor, np.ndarray)) and np.ndim(_to_numpy(v)) == 0:
+        v = _to_numpy(v).item()
+    if isinstance(v, np.generic):
+        v = v.item()
+    return v
+
+
+def save_metrics(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]], out_dir: str | os.PathLike,
+                 name: str = "metrics") -> dict[str, Path]:
+    """Write ``out_dir/name.json`` and ``out_dir/name.csv`` (one row per dict); returns both paths.
+
+    The JSON keeps the structure given (a dict or a list of dicts). Non-finite values are written as
+    Python's ``json`` does (``Infinity``, ``NaN``: read back by ``json.load``, e.g. PSNR = inf of a perfect
+    image). The CSV has the union of the keys as columns (first-seen order), an empty cell where a row
+    lacks a key, floats in their shortest round-trip form.
+    """
+    rows = [dict(metrics)] if isinstance(metrics, Mapping) else [dict(m) for m in metrics]
+    rows = [{str(k): _plain(v) for k, v in r.items()} for r in rows]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{name}.json", "csv": out / f"{name}.csv"}
+    with open(paths["json"], "w") as f:
+        json.dump(rows[0] if isinstance(metrics, Mapping) else rows, f, indent=2)
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return paths
+
+
+def _id_colours(ids: np.ndarray) -> np.ndarray:
+    """A fixed pseudo-random colour per id (splitmix64 hash of the id itself: the same id gets the same colour
+    in every figure); id 0 black. ``ids`` 1-D uint64, returns (n, 3) floats in [0.2, 1]."""
+    z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    rgb = np.stack([(z >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], axis=-1).astype(np.float64)
+    rgb = 0.2 + 0.8 * rgb / 255.0
+    rgb[ids == 0] = 0.0
+    return rgb
+
+
+def _colour_instances(lab: np.ndarray) -> np.ndarray:
+    lab = np.asarray(lab)
+    if lab.dtype.kind == "f":
+        lab = lab.astype(np.int64)
+    uniq, inverse = np.unique(lab.astype(np.uint64), return_inverse=True)
+    return _id_colours(uniq)[inverse.reshape(lab.shape)].astype(np.float32)
+
+
+def _panel_image(x, kind: str) -> np.ndarray:
+    arr = _to_numpy(x)
+    if kind == "affinity" and arr.ndim == 3:
+        arr = arr[:2].mean(0)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"{kind}: expected a 2-D array (pick the slice first), got shape {arr.shape}.")
+    if kind in ("instances", "labels"):
+        return _colour_instances(arr)
+    arr = arr.astype(np.float32)
+    return arr / 255.0 if _to_numpy(x).dtype.kind in "ui" else arr
+
+
+def save_figure(
+    path: str | os.PathLike,
+    noisy=None,
+    coarse=None,
+    final=None,
+    clean=None,
+    affinity=None,
+    instances=None,
+    labels=None,
+    title: str = "",
+    panel_inches: float = 3.0,
+    dpi: int = 100,
+) -> Path:
+    """A PNG like Fig. 2 of the paper: top row noisy | coarse I_c | final I_f | clean, bottom row affinity |
+    predicted instances | ground-truth instances.
+
+    Every panel is a 2-D array (the caller picks the slice) or None (drawn blank with its title). Images are
+    shown in [0, 1] (integer images as 0-255); ``affinity`` is one channel (H, W), or (C, H, W) whose first
+    two channels (the nearest neighbours) are averaged; instance ids get fixed pseudo-random colours (a hash
+    of the id, 0 black). The PNG is ``4 * panel_inches * dpi`` by ``2 * panel_inches * dpi`` pixels.
+    Rendered with matplotlib's Agg canvas directly (no pyplot state, no display needed).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    panels = [
+        ("noisy", "noisy", noisy), ("coarse", "coarse $I_c$", coarse), ("final", "final $I_f$", final),
+        ("clean", "clean", clean), ("affinity", "affinity", affinity), ("instances", "predicted instances", instances),
+        ("labels", "ground truth", labels), (None, "", None),
+    ]
+    fig = Figure(figsize=(4 * panel_inches, 2 * panel_inches), dpi=dpi)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(2, 4)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if title else 0.94, wspace=0.04, hspace=0.12)
+    for ax, (kind, label, data) in zip(axes.flat, panels):
+        ax.set_axis_off()
+        if kind is None:
+            continue
+        ax.set_title(label, fontsize=10)
+        if data is None:
+            ax.text(0.5, 0.5, "n/a", ha="center", va="center", color="0.6", transform=ax.transAxes)
+            continue
+        img = _panel_image(data, kind)
+        if img.ndim == 3:
+            ax.imshow(img, interpolation="nearest")
+        else:
+            ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, format="png")
+    return path
