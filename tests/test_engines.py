@@ -1,0 +1,141 @@
+"""Engines on real medulla crops: every strategy trains, frozen stages stay put, N2V never reads the clean
+image, the blind-spot property holds through the whole chain, and a killed run resumes exactly."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from conftest import data_path
+
+from monai_denoiseg.data.datasets import PatchDataset, load_split, train_transforms
+from monai_denoiseg.engines import STRATEGIES, DenoiSegTrainer, get_strategy
+from monai_denoiseg.engines.evaluator import DenoiSegEvaluator
+from monai_denoiseg.networks import paper_joint_net
+
+F = (4, 8, 16)
+
+
+def tiny_net(spatial_dims=2):
+    torch.manual_seed(0)
+    return paper_joint_net(spatial_dims, denoiser_kwargs={"features": F}, segmenter_kwargs={"features": F}, features=F,
+                           iem_levels=(1, 2))
+
+
+@pytest.fixture(scope="module")
+def split():
+    return load_split(data_path("medulla_fibsem.h5"), (0, 8), noise_seed=3)
+
+
+@pytest.fixture(scope="module")
+def loader(split):
+    ds = PatchDataset(split, (48, 48), 4, train_transforms(), seed=0)
+    return torch.utils.data.DataLoader(ds, batch_size=2)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_strategy_learns_a_fixed_real_batch(name, loader):
+    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), name, pretrain_iterations=1)
+    trainer._prepare_pretrained(trainer)  # what STARTED does: pretrained stages first
+    strategy, batch = get_strategy(name), next(iter(loader))
+    before = {n: p.detach().clone() for n, p in trainer.core.named_parameters()}
+    losses = [trainer.step(batch, strategy, trainer.optimizer, iteration=0)["terms"] for _ in range(12)]
+    assert all(np.isfinite(list(t.values())).all() for t in losses)
+    assert set(losses[0]) == {"loss", *strategy.weights}
+    assert losses[-1]["loss"] < losses[0]["loss"], (name, losses[0], losses[-1])
+    for n, p in trainer.core.named_parameters():  # only the trainable stages move
+        moved = not torch.equal(before[n], p)
+        stage = n.split(".")[0]
+        if stage in strategy.frozen or stage not in strategy.stages:
+            assert not moved, f"{name}: frozen/unused stage parameter {n} changed"
+
+
+@pytest.mark.parametrize("name", [n for n, s in STRATEGIES.items() if s.uses_blind_spots])
+def test_n2v_strategies_never_read_the_clean_image(name, loader):
+    batch = dict(next(iter(loader)))
+    batch["clean"] = torch.full_like(batch["clean"], float("nan"))  # any read would make the loss NaN
+    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), name)
+    terms = trainer.step(batch, get_strategy(name), trainer.optimizer, iteration=1)["terms"]
+    assert np.isfinite(list(terms.values())).all()
+    assert not get_strategy(name).needs_clean
+
+
+def test_blind_spot_property_through_the_whole_iem_chain(loader):
+    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "n2v_joint_iem")
+    strategy, batch = get_strategy("n2v_joint_iem"), next(iter(loader))
+    masked, blind = trainer.chain_input(batch, strategy, iteration=7)
+    assert blind.sum() > 0
+    changed = batch["noisy"].clone()
+    changed[blind] = 1.0 - changed[blind]  # other values at the blind spots only
+    masked2, blind2 = trainer.chain_input({"noisy": changed}, strategy, iteration=7)
+    assert torch.equal(blind, blind2) and torch.equal(masked, masked2)
+    trainer.core.eval()
+    with torch.no_grad():
+        a, b = trainer.core(masked, stages=strategy.stages), trainer.core(masked2, stages=strategy.stages)
+    for key in ("coarse", "affinity", "final"):  # the outputs at the blind spots ignore the values there
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+
+
+def test_evaluator_returns_every_metric(split, tmp_path):
+    vol = {k: v[:2, :96, :96] for k, v in split.items()}
+    ev = DenoiSegEvaluator("cpu", vol, tiny_net(), "joint", roi_size=(64, 64), output_dir=tmp_path)
+    ev.run()
+    m = ev.state.metrics
+    for key in ("psnr_coarse", "ssim_coarse", "psnr_final", "ssim_final", "voi", "voi_split", "voi_merge", "arand"):
+        assert np.isfinite(m[key]), key
+    assert (tmp_path / "metrics_val_epoch1.json").is_file() and (tmp_path / "figure_val_epoch1.png").is_file()
+
+
+RUN = textwrap.dedent(
+    """
+    import os, sys, torch
+    sys.path.insert(0, {tests!r})
+    from test_engines import tiny_net
+    from monai_denoiseg.data.datasets import PatchDataset, load_split, train_transforms
+    from monai_denoiseg.engines import DenoiSegTrainer, poly_scheduler, make_optimizer
+    from ignite.engine import Events
+    split = load_split({path!r}, (0, 8), noise_seed=3)
+    loader = torch.utils.data.DataLoader(PatchDataset(split, (48, 48), 6, train_transforms(), seed=0), batch_size=2)
+    net = tiny_net()
+    opt = make_optimizer(net, "joint", lr=1e-3)
+    sched = poly_scheduler(opt, 9)
+    tr = DenoiSegTrainer("cpu", 3, loader, net, "joint", optimizer=opt, lr_scheduler=sched,
+                         checkpoint_dir={ckpt!r}, seed=5)
+    kill_at = int(os.environ.get("KILL_AT", "0"))
+    if kill_at:
+        tr.add_event_handler(Events.ITERATION_COMPLETED(once=kill_at), lambda e: os.kill(os.getpid(), 9))
+    tr.run()
+    torch.save(net.state_dict(), {out!r})
+    """
+)
+
+
+def _run(tmp_path, name, kill_at=0):
+    script = RUN.format(tests=os.path.dirname(__file__), path=str(data_path("medulla_fibsem.h5")),
+                        ckpt=str(tmp_path / name), out=str(tmp_path / f"{name}.pt"))
+    env = {**os.environ, "KILL_AT": str(kill_at)}
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
+    full = _run(tmp_path, "full")
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _run(tmp_path, "resumed", kill_at=5)  # 3 iterations an epoch: killed mid-way through epoch 2
+    assert killed.returncode == -9 and not (tmp_path / "resumed.pt").exists()
+    resumed = _run(tmp_path, "resumed")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_bad_strategy_and_missing_inputs_are_clear(loader):
+    with pytest.raises(ValueError, match="strategy"):
+        DenoiSegTrainer("cpu", 1, loader, tiny_net(), "jointt")
+    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "joint")
+    with pytest.raises(ValueError, match="clean"):
+        trainer.step({k: v for k, v in next(iter(loader)).items() if k != "clean"}, get_strategy("joint"),
+                     trainer.optimizer, 0)
