@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import numbers
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
-from monai.utils import look_up_option
 
 from monai_denoiseg.metrics import (
     AdaptedRandErrorMetric,
@@ -83,6 +81,22 @@ def _as_dict(out) -> dict[str, torch.Tensor]:
     raise TypeError(f"network output: expected a dict, a tensor or a sequence of tensors, got {type(out).__name__}.")
 
 
+def _unaliased(out: dict[str, torch.Tensor], window: torch.Tensor) -> dict[str, torch.Tensor]:
+    """MONAI's blending multiplies every output by the importance map **in place** (``buffer *= w_t``): an
+    output sharing memory with another one (``JointDenoiSegNet``'s ``"denoised"`` *is* its ``"final"``) would
+    be weighted twice, and one sharing memory with the window (an identity head) would change the input.
+    Such outputs are copied."""
+    seen = {window.untyped_storage().data_ptr()}
+    for key, value in out.items():
+        if isinstance(value, torch.Tensor):
+            ptr = value.untyped_storage().data_ptr()
+            if ptr in seen:
+                out[key] = value = value.clone()
+                ptr = value.untyped_storage().data_ptr()
+            seen.add(ptr)
+    return out
+
+
 def _default_device(network) -> torch.device:
     if isinstance(network, torch.nn.Module):
         for p in network.parameters():
@@ -90,10 +104,6 @@ def _default_device(network) -> torch.device:
         for b in network.buffers():
             return b.device
     return torch.device("cpu")
-
-
-def _float(v) -> float:
-    return float(v.item() if isinstance(v, (torch.Tensor, np.ndarray)) else v)
 
 
 def _nanmean(values) -> float:
@@ -136,7 +146,8 @@ def predict_volume(
     restored afterwards (frozen stages stay frozen). MONAI's ``buffer_steps`` is never used: it returns
     only the first output of a dict predictor. The returned tensors are ordinary (not inference) tensors.
     """
-    spatial_dims = int(look_up_option(spatial_dims, (2, 3)))
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims!r}.")
     x = noisy if isinstance(noisy, torch.Tensor) else torch.as_tensor(np.asarray(noisy))
     if not (x.is_floating_point()):
         raise ValueError(
@@ -162,7 +173,7 @@ def predict_volume(
 
     def predictor(window: torch.Tensor):
         with torch.autocast(device_type=device.type, enabled=bool(amp)):
-            return _as_dict(network(window))
+            return _unaliased(_as_dict(network(window)), window)
 
     modules = list(network.modules()) if isinstance(network, torch.nn.Module) else []
     flags = [m.training for m in modules]
@@ -172,8 +183,11 @@ def predict_volume(
         if spatial_dims == 3:
             with torch.inference_mode():
                 res = inferer(x[None].to(device), predictor)
-            # key by key, out of inference mode (ordinary tensors), freeing each blended buffer as we go
-            return {k: res.pop(k)[0].to("cpu", torch.float32).clone() for k in list(res)}
+            out3d = {}
+            for k in list(res):  # key by key, freeing each blended buffer as we go
+                v = res.pop(k)[0].to("cpu", torch.float32)
+                out3d[k] = v.clone() if torch.is_inference(v) else v  # ordinary tensors for the caller
+            return out3d
         slices = x.permute(1, 0, 2, 3)  # (D, C, H, W): the slices are the batch
         out: dict[str, torch.Tensor] = {}
         step = int(sw_batch_size)
@@ -285,7 +299,8 @@ def evaluate_prediction(
         is given; PSNR = inf for a perfect image), ``voi_split``, ``voi_merge``, ``voi`` (bits) and
         ``arand`` (if ``labels`` and the affinities are given), or ``iou`` and ``f1`` (binary task).
     """
-    per = look_up_option(per, ("slice", "volume"))
+    if per not in ("slice", "volume"):
+        raise ValueError(f"per: expected 'slice' or 'volume', got {per!r}.")
     metrics: dict[str, Any] = {}
     gt = None if labels is None else _stack_3d(labels, "labels")
     if clean is not None:
@@ -314,7 +329,8 @@ def evaluate_prediction(
         if foreground_mask_from_gt and gt is None:
             raise ValueError("foreground_mask_from_gt: needs labels, got labels=None.")
         mask = gt != 0 if foreground_mask_from_gt else None
-        instances = segment(_channels_4d(pred[affinity_key], affinity_key), offsets, mask=mask, **dict(mws_kwargs or {}))
+        affinity = _channels_4d(pred[affinity_key], affinity_key)
+        instances = segment(affinity, offsets, mask=mask, **dict(mws_kwargs or {}))
         if gt is not None:
             if gt.shape != instances.shape:
                 raise ValueError(f"labels: expected the shape of the prediction {instances.shape}, got {gt.shape}.")

@@ -1,0 +1,176 @@
+"""Downloads end to end against a loopback HTTP server serving the upstream mirror in ../shared/data (no internet)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import socket
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from monai_denoiseg.data import download as dl
+from conftest import data_path
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest's output clean
+        pass
+
+
+@pytest.fixture(scope="module")
+def serve():
+    """serve(directory) -> base URL of a loopback HTTP server for that folder; all stopped at the end."""
+    servers = []
+
+    def start(directory: Path) -> str:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(directory)))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def mirror_url(serve):
+    return serve(data_path("mirror")) + "/neuroproof_examples"
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_medulla_equals_shared_file_then_reused_then_repaired(tmp_path, mirror_url):
+    out = dl.download_medulla(tmp_path, base_url=mirror_url)
+    assert out == tmp_path / "medulla_fibsem.h5"
+    assert _listing(tmp_path) == ["medulla_fibsem.h5"]  # no temporary leftovers
+    with h5py.File(out, "r") as got, h5py.File(data_path("medulla_fibsem.h5"), "r") as ref:
+        for key in ("volumes/raw", "volumes/labels/neuron_ids"):
+            assert got[key].dtype == ref[key].dtype
+            np.testing.assert_array_equal(got[key][()], ref[key][()])
+            np.testing.assert_array_equal(got[key].attrs["resolution"], [10, 10, 10])
+        assert "CC BY 3.0" in got.attrs["license"]
+        assert "e0125825" in got.attrs["attribution"] and "Janelia" in got.attrs["attribution"]
+        assert "neuroproof_examples" in got.attrs["source"]
+        assert "Creative Commons" in got.attrs["license_text"] or "CREATIVE COMMONS" in got.attrs["license_text"]
+
+    # a complete file is reused: no server needed
+    mtime = out.stat().st_mtime_ns
+    assert dl.download_medulla(tmp_path, base_url=f"http://127.0.0.1:{_closed_port()}") == out
+    assert out.stat().st_mtime_ns == mtime
+
+    # a truncated file (killed copy) is detected and downloaded again
+    with open(out, "r+b") as f:
+        f.truncate(out.stat().st_size // 2)
+    assert "not a readable HDF5" in dl.check_cremi_file(out)
+    dl.download_medulla(tmp_path, base_url=mirror_url)
+    assert dl.check_cremi_file(out, shape=(250, 250, 250)) is None
+    with h5py.File(out, "r") as got, h5py.File(data_path("medulla_fibsem.h5"), "r") as ref:
+        np.testing.assert_array_equal(got["volumes/raw"][-1], ref["volumes/raw"][-1])
+
+
+def test_medulla_corrupted_file_offline_raises_clearly(tmp_path):
+    bad = tmp_path / "medulla_fibsem.h5"
+    with h5py.File(bad, "w") as f:  # opens fine, wrong content
+        f["volumes/raw"] = np.zeros((2, 3, 4), np.uint8)
+    url = f"http://127.0.0.1:{_closed_port()}"
+    with pytest.raises(ConnectionError) as err:
+        dl.download_medulla(tmp_path, base_url=url)
+    msg = str(err.value)
+    assert f"{url}/LICENSE.txt" in msg and str(bad) in msg
+    assert "MONAI_DENOISEG_DATA" in msg and "data_dir" in msg
+    assert _listing(tmp_path) == ["medulla_fibsem.h5"]  # nothing half-written left behind
+
+
+def test_medulla_wrong_md5_detected(tmp_path, serve):
+    mirror = tmp_path / "mirror"
+    (mirror / "training_sample2").mkdir(parents=True)
+    src = data_path("mirror", "neuroproof_examples")
+    shutil.copy(src / "LICENSE.txt", mirror / "LICENSE.txt")
+    os.symlink(src / "training_sample2" / "grayscale_maps", mirror / "training_sample2" / "grayscale_maps")
+    tampered = mirror / "training_sample2" / "groundtruth.h5.gz"
+    tampered.write_bytes(gzip.compress(b"not the ground truth"))
+    root = tmp_path / "root"
+    with pytest.raises(ValueError) as err:
+        dl.download_medulla(root, base_url=serve(mirror))
+    msg = str(err.value)
+    assert "groundtruth.h5.gz" in msg and dl.MEDULLA_GT_MD5 in msg and dl.md5sum(tampered) in msg
+    assert _listing(root) == []  # bad file removed, no output
+
+
+def test_fetch_md5_file_url_and_http_errors(tmp_path, mirror_url):
+    src = data_path("mirror", "neuroproof_examples", "training_sample2", "groundtruth.h5.gz")
+    dst = dl.fetch(src.as_uri(), tmp_path / "gt.h5.gz", md5=dl.MEDULLA_GT_MD5)
+    assert dl.md5sum(dst) == dl.MEDULLA_GT_MD5
+    with pytest.raises(ValueError, match=r"gt2\.h5\.gz: md5 mismatch .* expected 0{32}, got d074de42"):
+        dl.fetch(f"{mirror_url}/training_sample2/groundtruth.h5.gz", tmp_path / "gt2.h5.gz", md5="0" * 32)
+    assert not (tmp_path / "gt2.h5.gz").exists()
+    with pytest.raises(ConnectionError, match=r"nope\.png.*HTTP 404"):
+        dl.fetch(f"{mirror_url}/nope.png", tmp_path / "nope.png")
+    assert _listing(tmp_path) == ["gt.h5.gz"]
+
+
+def _fake_cremi(path: Path, raw_shape, label_shape) -> None:
+    with h5py.File(path, "w") as f:
+        f["volumes/raw"] = np.zeros(raw_shape, np.uint8)
+        f["volumes/labels/neuron_ids"] = np.ones(label_shape, np.uint64)
+
+
+def test_download_cremi(tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    _fake_cremi(site / "sample_A_20160501.hdf", (2, 8, 8), (2, 8, 8))
+    _fake_cremi(site / "sample_B_padded_20160501.hdf", (4, 12, 12), (2, 8, 8))
+    _fake_cremi(site / "sample_C_20160501.hdf", (2, 8, 8), (2, 8, 9))
+    (site / "sample_B_20160501.hdf").write_text("<html>not found</html>")
+    url, root = serve(site), tmp_path / "root"
+
+    out = dl.download_cremi("A", root, base_url=url)
+    assert out == root / "sample_A_20160501.hdf" and dl.check_cremi_file(out) is None
+    assert dl.download_cremi("a", root, base_url=f"http://127.0.0.1:{_closed_port()}") == out  # reused
+    assert dl.download_cremi("B", root, base_url=url, padded=True).name == "sample_B_padded_20160501.hdf"
+    with pytest.raises(ValueError, match=r"sample_B_20160501\.hdf.*not a readable HDF5"):
+        dl.download_cremi("B", root, base_url=url)
+    with pytest.raises(ValueError, match=r"neuron_ids' has shape \(2, 8, 9\), expected \(2, 8, 8\)"):
+        dl.download_cremi("C", root, base_url=url)
+    assert _listing(root) == ["sample_A_20160501.hdf", "sample_B_padded_20160501.hdf"]
+    with pytest.raises(ValueError, match=r"sample: expected one of \('A', 'B', 'C'\), got 'D'"):
+        dl.download_cremi("D", root)
+    with pytest.raises(ConnectionError, match=r"sample_C_20160501\.hdf.*MONAI_DENOISEG_DATA"):
+        dl.download_cremi("C", root, base_url=f"http://127.0.0.1:{_closed_port()}")
+
+
+def test_check_cremi_file_missing_dataset(tmp_path):
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f["volumes/raw"] = np.zeros((2, 2, 2), np.uint8)
+    assert dl.check_cremi_file(path) == "no dataset 'volumes/labels/neuron_ids'"
+
+
+def test_resolve_data_file(tmp_path, monkeypatch):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    (b / "x.h5").write_bytes(b"")
+    monkeypatch.delenv(dl.DATA_ENV, raising=False)
+    assert dl.resolve_data_file("x.h5", a) is None
+    monkeypatch.setenv(dl.DATA_ENV, str(b))
+    assert dl.resolve_data_file("x.h5", a) == b / "x.h5"
+    (a / "x.h5").write_bytes(b"")
+    assert dl.resolve_data_file("x.h5", a) == a / "x.h5"
+    assert dl.resolve_data_file("y.h5") is None
