@@ -54,20 +54,22 @@ def test_predict_volume_whole_isbi_slices(isbi_slices):
     net = paper_joint_net(2, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL, **SMALL).train()
     net.freeze("denoiser")  # a frozen stage stays in eval mode: its flag must survive too
     before = _flags(net)
-    noisy = torch.as_tensor(isbi_slices[0] / 255.0, dtype=torch.float32)  # (2, 512, 512)
-    out = predict_volume(net, noisy, (256, 256), sw_batch_size=4)
+    noisy = torch.as_tensor(isbi_slices[0][:1] / 255.0, dtype=torch.float32)  # one whole slice (1, 512, 512)
+    out = predict_volume(net, noisy, (256, 256), sw_batch_size=4)  # 9 windows
     assert set(out) == {"coarse", "affinity", "affinity_prob", "final", "denoised"}
     for key, channels in {"coarse": 1, "final": 1, "denoised": 1, "affinity": 10, "affinity_prob": 10}.items():
-        assert out[key].shape == (channels, 2, 512, 512), key
+        assert out[key].shape == (channels, 1, 512, 512), key
         assert out[key].dtype == torch.float32 and out[key].device.type == "cpu"
         assert not torch.is_inference(out[key]) and torch.isfinite(out[key]).all()
     assert 0 <= out["affinity_prob"].min() and out["affinity_prob"].max() <= 1
     assert _flags(net) == before
-    # the whole slice in one window gives the same as a direct forward of the eval-mode network
-    one = predict_volume(net, noisy[:1].numpy(), (512, 512), sw_batch_size=1)
+    # one window covering the image gives a direct forward of the eval-mode network, every key (this caught
+    # MONAI's in-place weighting of the aliased "denoised"/"final" outputs); a crop keeps it quick
+    crop = noisy[:1, 100:228, 300:428]
+    one = predict_volume(net, crop.numpy(), (128, 128), sw_batch_size=1)
     net.eval()
     with torch.no_grad():
-        direct = net(noisy[:1, None])
+        direct = net(crop[:, None])
     for key in out:
         torch.testing.assert_close(one[key][:, 0], direct[key][0], atol=1e-5, rtol=1e-5)
 
@@ -89,7 +91,7 @@ def test_predict_volume_whole_medulla_volume_3d():
         raw = f["volumes/raw"][:]
     assert raw.shape == (250, 250, 250)
     torch.manual_seed(0)
-    den = nn.Sequential(nn.Conv3d(1, 2, 3, padding=1), nn.BatchNorm3d(2), nn.ReLU(), nn.Conv3d(2, 1, 1))
+    den = nn.Sequential(nn.Conv3d(1, 1, 3, padding=1), nn.BatchNorm3d(1))
     net = JointDenoiSegNet(den, nn.Conv3d(1, 3, 3, padding=1), _TinyFusion(3)).train()
     t0 = time.perf_counter()
     out = predict_volume(net, torch.as_tensor(raw / 255.0, dtype=torch.float32)[None], (64, 64, 64),
@@ -99,7 +101,7 @@ def test_predict_volume_whole_medulla_volume_3d():
     for key, channels in {"coarse": 1, "final": 1, "affinity_prob": 3}.items():
         assert out[key].shape == (channels, 250, 250, 250) and out[key].dtype == torch.float32
     assert net.training and den[1].training
-    assert elapsed < 60, elapsed  # ~10 s on 2 shared cores
+    assert elapsed < 60, elapsed  # ~6 s on 2 quiet cores
 
 
 class _TwoConvs(nn.Module):
