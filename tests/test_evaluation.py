@@ -148,12 +148,12 @@ def test_predict_volume_small_slices_tensor_output_and_errors():
     # MONAI weights the outputs in place: aliased outputs (the same tensor twice, the window itself, a view of
     # it) must still come out right, and the caller's input unchanged
     keep = x.clone()
-    for roi in ((64, 64), (24, 24)):
+    for roi, batch in (((64, 64), 1), ((24, 24), 2)):  # 1 or 2 slices per inferer call (3 slices)
         def aliased(w):
             y = 2 * w
             return {"same": w, "view": w[:, :1], "y": y, "y_again": y}
 
-        out = predict_volume(aliased, x, roi, sw_batch_size=1)
+        out = predict_volume(aliased, x, roi, sw_batch_size=batch)
         torch.testing.assert_close(x, keep, atol=0, rtol=0)
         for key, ref in {"same": x, "view": x, "y": 2 * x, "y_again": 2 * x}.items():
             torch.testing.assert_close(out[key][0], ref, atol=1e-5, rtol=1e-5)
