@@ -7,7 +7,6 @@ download), which checkpoint a killed run resumes from, and which image keys a st
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys
@@ -18,16 +17,6 @@ from monai_denoiseg.engines.strategies import get_strategy
 __all__ = ["find_bundle_root", "locate_data", "split_keys", "resolve_device", "rank_zero_only"]
 
 DATA_ENV = "MONAI_DENOISEG_DATA"
-
-
-def _bundle_name(folder: Path) -> str | None:
-    meta = folder / "configs" / "metadata.json"
-    if not meta.is_file():
-        return None
-    try:
-        return json.loads(meta.read_text()).get("name") and folder.name
-    except (OSError, ValueError):
-        return None
 
 
 def find_bundle_root(name: str) -> str:
@@ -41,7 +30,7 @@ def find_bundle_root(name: str) -> str:
                 candidates.append(p.parent.parent)
     candidates += [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
     for folder in candidates:
-        if folder.name == name and _bundle_name(folder):
+        if folder.name == name and (folder / "configs" / "metadata.json").is_file():
             return str(folder)
     raise FileNotFoundError(
         f"bundle_root: could not find the bundle {name!r} (looked in {[str(c) for c in candidates]}); "

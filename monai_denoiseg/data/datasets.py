@@ -19,6 +19,7 @@ import torch
 from monai.transforms import Compose, RandFlipd, RandRotate90d
 
 from monai_denoiseg.data.noisy_copy import NOISES, make_noisy_copy
+from monai_denoiseg.data.readers import to_torch_safe_ids
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D, LabelToAffinityd
 
 __all__ = ["read_volume", "write_volume", "fixed_noisy_volume", "load_split", "PatchDataset", "train_transforms", "IMAGE_KEYS"]
@@ -242,7 +243,7 @@ class PatchDataset(torch.utils.data.Dataset):
             if key in self.image_keys:
                 item[key] = torch.from_numpy(patch.astype(np.float32) / 255.0)
             else:
-                item[key] = torch.from_numpy(patch.astype(np.int64))
+                item[key] = torch.from_numpy(to_torch_safe_ids(patch, name=key).astype(np.int64))  # ids >= 2**63 raise
         if self.transform is not None:
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
             item = self.transform(item)
