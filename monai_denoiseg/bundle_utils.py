@@ -14,7 +14,7 @@ from pathlib import Path
 
 from monai_denoiseg.engines.strategies import get_strategy
 
-__all__ = ["find_bundle_root", "locate_data", "split_keys", "resolve_device", "rank_zero_only"]
+__all__ = ["find_bundle_root", "locate_data", "split_keys", "selection_metric", "resolve_device", "rank_zero_only"]
 
 DATA_ENV = "MONAI_DENOISEG_DATA"
 
@@ -39,22 +39,30 @@ def find_bundle_root(name: str) -> str:
 
 
 def locate_data(filename: str, data_dir: str | None = None, bundle_root: str | None = None,
-                download: str | None = None) -> str:
-    """Path of a dataset file: ``data_dir``, then ``$MONAI_DENOISEG_DATA``, then ``<bundle_root>/data``;
-    if absent everywhere and ``download`` names a dataset (``"medulla"``), download it (checksummed)
-    into ``<bundle_root>/data``. Raises a ``FileNotFoundError`` saying where to put the file otherwise."""
+                download: str | None = None, keys: list[str] | None = None) -> str:
+    """Path of a dataset file: ``data_dir``, then ``$MONAI_DENOISEG_DATA``, then ``<bundle_root>/data``.
+
+    If absent everywhere and ``download`` names a dataset (``"medulla"``, ``"cremi_A"``, ``"cremi_B"``,
+    ``"cremi_C"``), it is downloaded and verified into ``<bundle_root>/data``. An HDF5 file found locally
+    must open and hold ``keys`` (a truncated copy is reported, never trained on). Raises a
+    ``FileNotFoundError`` saying where to put the file otherwise.
+    """
+    from monai_denoiseg.data import download as dl
+
     folders = [d for d in (data_dir, os.environ.get(DATA_ENV), bundle_root and str(Path(bundle_root) / "data")) if d]
     for folder in folders:
         path = Path(folder).expanduser() / filename
         if path.is_file():
+            if keys and path.suffix.lower() in (".h5", ".hdf5", ".hdf") and (problem := dl.check_cremi_file(path, keys)):
+                raise ValueError(f"{path}: unusable ({problem}); replace it, or delete it to download it again.")
             return str(path)
     if download and bundle_root:
-        from monai_denoiseg.data import download as dl
-
         target = Path(bundle_root) / "data"
         if download == "medulla":
             return str(dl.download_medulla(target))
-        raise ValueError(f"download: expected 'medulla' or None, got {download!r}.")
+        if download in {f"cremi_{s}" for s in dl.CREMI_SAMPLES}:
+            return str(dl.download_cremi(download[-1], target))
+        raise ValueError(f"download: expected 'medulla', 'cremi_A', 'cremi_B', 'cremi_C' or None, got {download!r}.")
     raise FileNotFoundError(
         f"{filename}: not found in {folders}. Put the file in one of them, or point the bundle key "
         f"'data_dir' (--data_dir /path) or the environment variable {DATA_ENV} to the folder that holds it."
@@ -66,6 +74,15 @@ def split_keys(strategy: str, split: str = "train") -> tuple[str, ...]:
     if split == "train" and not get_strategy(strategy).needs_clean:
         return ("noisy", "label")
     return ("noisy", "clean", "label")
+
+
+def selection_metric(strategy: str, binary: bool = False) -> tuple[str, bool]:
+    """``(metric, lower_is_better)`` that validation keeps the best model by: VOI (binary task: IoU) when
+    the strategy segments, else the PSNR of its last image (a denoiser alone has no VOI)."""
+    stages = get_strategy(strategy).stages
+    if "segmenter" in stages:
+        return ("iou", False) if binary else ("voi", True)
+    return ("psnr_final", False) if "fusion" in stages else ("psnr_coarse", False)
 
 
 def resolve_device(device: str = "auto"):

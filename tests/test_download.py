@@ -163,14 +163,39 @@ def test_check_cremi_file_missing_dataset(tmp_path):
     assert dl.check_cremi_file(path) == "no dataset 'volumes/labels/neuron_ids'"
 
 
-def test_resolve_data_file(tmp_path, monkeypatch):
-    a, b = tmp_path / "a", tmp_path / "b"
-    a.mkdir(), b.mkdir()
-    (b / "x.h5").write_bytes(b"")
+def test_locate_data_order_truncated_copy_and_cremi_download(tmp_path, monkeypatch, serve):
+    from monai_denoiseg.bundle_utils import locate_data
+
+    a, b, bundle = tmp_path / "a", tmp_path / "b", tmp_path / "bundle"
+    for d in (a, b, bundle / "data"):
+        d.mkdir(parents=True)
     monkeypatch.delenv(dl.DATA_ENV, raising=False)
-    assert dl.resolve_data_file("x.h5", a) is None
+    with pytest.raises(FileNotFoundError, match="MONAI_DENOISEG_DATA"):
+        locate_data("x.tif", str(a), str(bundle))
+    (bundle / "data" / "x.tif").write_bytes(b"")
+    assert locate_data("x.tif", str(a), str(bundle)) == str(bundle / "data" / "x.tif")
     monkeypatch.setenv(dl.DATA_ENV, str(b))
-    assert dl.resolve_data_file("x.h5", a) == b / "x.h5"
-    (a / "x.h5").write_bytes(b"")
-    assert dl.resolve_data_file("x.h5", a) == a / "x.h5"
-    assert dl.resolve_data_file("y.h5") is None
+    (b / "x.tif").write_bytes(b"")
+    assert locate_data("x.tif", str(a), str(bundle)) == str(b / "x.tif")
+    (a / "x.tif").write_bytes(b"")
+    assert locate_data("x.tif", str(a), str(bundle)) == str(a / "x.tif")
+
+    full = a / "sample_A_20160501.hdf"  # a CREMI-layout file made here, then truncated like a killed copy
+    with h5py.File(full, "w") as f:
+        f["volumes/raw"] = np.zeros((3, 40, 40), np.uint8)
+        f["volumes/labels/neuron_ids"] = np.ones((3, 40, 40), np.uint64)
+    keys = list(dl.CREMI_KEYS)
+    assert locate_data(full.name, str(a), keys=keys) == str(full)
+    (b / full.name).write_bytes(full.read_bytes()[:1000])
+    with pytest.raises(ValueError, match="unusable"):
+        locate_data(full.name, str(b), keys=keys)
+
+    served = tmp_path / "served"  # no local copy: the bundle downloads sample A from a loopback "cremi.org"
+    served.mkdir()
+    shutil.copy(full, served / full.name)
+    monkeypatch.setattr(dl, "CREMI_BASE_URL", serve(served))
+    monkeypatch.delenv(dl.DATA_ENV)
+    got = locate_data(full.name, str(tmp_path / "empty"), str(bundle), download="cremi_A", keys=keys)
+    assert got == str(bundle / "data" / full.name) and dl.check_cremi_file(got) is None
+    with pytest.raises(ValueError, match="cremi_A"):
+        locate_data("nothing.h5", None, str(bundle), download="cremi_D")

@@ -8,7 +8,10 @@ import torch
 from monai.data import MetaTensor
 from scipy import stats
 
+from monai_denoiseg.data.noisy_copy import make_noisy_copy
 from monai_denoiseg.transforms.noise import (
+    RandClippedGaussianNoise,
+    RandClippedGaussianNoised,
     RandFilmNoise,
     RandFilmNoised,
     RandFilmNoiseD,
@@ -257,3 +260,37 @@ def test_film_noise_on_real_em_matches_documented_psnr(isbi):
     y = t(raw[None])[0]
     for z in range(raw.shape[0]):  # the unclipped grain std 255 a / 5 bounds the RMS error (clipping only lowers it)
         assert np.sqrt(np.mean((y[z] - raw[z]) ** 2)) <= 255 * t.params["intensity"][z] / 5 * 1.05
+
+
+# ---------- clipped Gaussian (the N2V paper's EM experiment) ----------
+
+
+@pytest.mark.parametrize("x, sigma", [(128.0, 10.0), (10.0, 25.0), (240.0, 50.0)])
+def test_clipped_gaussian_mean_and_variance_match_the_censored_normal(x, sigma):
+    from scipy.stats import norm
+
+    t = RandClippedGaussianNoise(sigma_range=(sigma, sigma)).set_random_state(0)
+    y = t(np.full((1, 512, 512), x, np.float32)).astype(np.float64)
+    a, b = (0 - x) / sigma, (255 - x) / sigma  # censored at 0 and 255: E and Var in closed form
+    pa, pb = norm.cdf(a), norm.sf(b)
+    inner = norm.cdf(b) - pa
+    m1 = x * inner + sigma * (norm.pdf(a) - norm.pdf(b)) + 255 * pb
+    ez2 = inner + a * norm.pdf(a) - b * norm.pdf(b)  # E[z^2; a < z < b]
+    m2 = (x**2 * inner + 2 * x * sigma * (norm.pdf(a) - norm.pdf(b)) + sigma**2 * ez2 + 255**2 * pb)
+    var = m2 - m1**2
+    assert abs(y.mean() - m1) < 4 * np.sqrt(var / y.size)
+    assert y.var() == pytest.approx(var, rel=0.02)
+    assert y.min() >= 0 and y.max() <= 255
+
+
+def test_clipped_gaussian_dictionary_twin_shares_one_draw_and_makes_noisy_copies():
+    img = np.full((1, 64, 64), 100.0, np.float32)
+    d = RandClippedGaussianNoised(["a", "b"], sigma_range=(5, 30)).set_random_state(3)({"a": img, "b": img})
+    np.testing.assert_array_equal(d["a"], d["b"])
+    arr = RandClippedGaussianNoise(sigma_range=(5, 30)).set_random_state(3)(img)
+    np.testing.assert_array_equal(arr, d["a"])
+    vol = np.full((4, 32, 32), 128, np.uint8)
+    copy = make_noisy_copy(vol, "gaussian", seed=1, sigma_range=(20.0, 20.0))
+    assert copy.dtype == np.uint8 and copy.shape == vol.shape
+    assert copy.astype(float).std() == pytest.approx(20.0, rel=0.1)
+    np.testing.assert_array_equal(copy, make_noisy_copy(vol, "gaussian", seed=1, sigma_range=(20.0, 20.0)))

@@ -126,19 +126,21 @@ def load_split(
     noisy_key: str | None = None,
     cache_dir: str | os.PathLike | None = None,
     keys: Sequence[str] = ("noisy", "clean", "label"),
+    crop: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Aligned ``{"noisy", "clean", "label"}`` (Z, Y, X) arrays for the slices ``z_range = (start, stop)``.
 
     The noisy image is read from ``noisy_path``/``noisy_key`` (real noise, or a stored copy) or made by
     :func:`fixed_noisy_volume` over the *whole* volume (then cut, so every split shares one realisation).
     ``noise=None`` uses the raw image itself as the noisy input (real noise, no clean image). ``keys``
-    selects what is returned: the Noise2Void strategies leave out ``"clean"``.
+    selects what is returned: the Noise2Void strategies leave out ``"clean"``. ``crop = (H, W)`` keeps the
+    centre of every slice (CREMI's 1024 x 1024 protocol); ``z_range`` accepts negative ends (``[-50, None]``).
     """
-    z = slice(*z_range) if z_range is not None else slice(None)
     out: dict[str, np.ndarray] = {}
     raw = read_volume(path, raw_key)
     if raw.ndim != 3:
         raise ValueError(f"{raw_key}: expected a (Z, Y, X) volume, got shape {raw.shape} in {str(path)!r}.")
+    z = (slice(*z_range) if z_range is not None else slice(None), *_centre_crop(raw.shape, crop))
     if "noisy" in keys:
         if noisy_path is not None:
             noisy = read_volume(noisy_path, noisy_key)
@@ -160,6 +162,14 @@ def load_split(
             raise ValueError(f"{label_key}: expected the raw shape {raw.shape}, got {label.shape}.")
         out["label"] = label[z]
     return out
+
+
+def _centre_crop(shape: Sequence[int], crop: Sequence[int] | None) -> tuple[slice, slice]:
+    if crop is None:
+        return slice(None), slice(None)
+    if len(crop) != 2 or any(int(c) < 1 or int(c) > n for c, n in zip(crop, shape[1:])):
+        raise ValueError(f"crop: expected (H, W) no larger than the slices {tuple(shape[1:])}, got {tuple(crop)}.")
+    return tuple(slice((n - int(c)) // 2, (n - int(c)) // 2 + int(c)) for c, n in zip(crop, shape[1:]))
 
 
 def train_transforms(

@@ -1,7 +1,7 @@
 """Download the public EM datasets from their official sources, verified, into CREMI-layout HDF5.
 
 The project never ships data: a dataset is read from a local copy (``data_dir`` / the bundle key
-``data_dir``, or ``$MONAI_DENOISEG_DATA``, see ``resolve_data_file``) or downloaded here. Every
+``data_dir``, or ``$MONAI_DENOISEG_DATA``, see ``monai_denoiseg.bundle_utils.locate_data``) or downloaded here. Every
 download goes to a temporary name in the target folder and is renamed only once it is complete and
 checked, so that a killed download never leaves a file that looks finished; an existing output that
 does not open, lacks a dataset or has the wrong shape is detected and downloaded again.
@@ -31,7 +31,6 @@ __all__ = [
     "fetch",
     "download_medulla",
     "download_cremi",
-    "resolve_data_file",
     "check_cremi_file",
     "md5sum",
     "DATA_ENV",
@@ -288,12 +287,13 @@ def _write_cremi(path: Path, raw: np.ndarray, labels: np.ndarray, resolution: Se
 def download_cremi(
     sample: str,
     root: PathLike,
-    base_url: str = CREMI_BASE_URL,
+    base_url: str | None = None,
     padded: bool = False,
     force: bool = False,
     timeout: float = TIMEOUT,
 ) -> Path:
-    """Download a CREMI training volume, ``root/sample_{A,B,C}[_padded]_20160501.hdf``.
+    """Download a CREMI training volume, ``root/sample_{A,B,C}[_padded]_20160501.hdf``, from ``base_url``
+    (default :data:`CREMI_BASE_URL`, cremi.org).
 
     CREMI publishes no checksum, so the download is accepted when it opens as HDF5 with
     ``volumes/raw`` and ``volumes/labels/neuron_ids`` of equal shape (padded files: the labels fit
@@ -311,7 +311,7 @@ def download_cremi(
         if problem is None:
             return out
         logger.warning("%s is unusable (%s): downloading it again", out, problem)
-    url = f"{base_url.rstrip('/')}/{name}"
+    url = f"{(base_url or CREMI_BASE_URL).rstrip('/')}/{name}"
     root.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".cremi_download.", dir=root) as tmp_dir:
         part = Path(tmp_dir) / name
@@ -324,13 +324,3 @@ def download_cremi(
             raise ValueError(f"{name}: the download from {url!r} is not a usable CREMI HDF5 file: {problem}.")
         os.replace(part, out)
     return out
-
-
-def resolve_data_file(name: str, data_dir: PathLike | None = None) -> Path | None:
-    """Path of the file ``name`` in ``data_dir``, else in ``$MONAI_DENOISEG_DATA``; None when in neither."""
-    for folder in (data_dir, os.environ.get(DATA_ENV)):
-        if folder:
-            path = Path(folder).expanduser() / name
-            if path.is_file():
-                return path
-    return None

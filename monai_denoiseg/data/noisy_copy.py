@@ -23,17 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from monai_denoiseg.transforms.noise.array import RandFilmNoise, RandGaussianPoissonNoise
+from monai_denoiseg.transforms.noise.array import RandClippedGaussianNoise, RandFilmNoise, RandGaussianPoissonNoise
 
 __all__ = ["NOISES", "FORMULAS", "make_noisy_copy", "write_noisy_copy", "default_dst_key", "main"]
 
-NOISES = {"gaussian_poisson": RandGaussianPoissonNoise, "film": RandFilmNoise}
+NOISES = {"gaussian_poisson": RandGaussianPoissonNoise, "film": RandFilmNoise, "gaussian": RandClippedGaussianNoise}
 FORMULAS = {
     "gaussian_poisson": "y = round(clip(Poisson(lam*x)/lam + sigma*N(0,1), 0, 255)); "
     "sigma~U(sigma_range), lam~U(lam_range) per z-slice",
+    "gaussian": "y = round(clip(x + sigma*N(0,1), 0, 255)); sigma~U(sigma_range) per z-slice",
     "film": "y = round(clip(x + 255*a*boxmean_k(N(0,1)), 0, 255)); a~U(intensity_range) per z-slice, k = kernel_size",
 }
-SHORT_NAMES = {"gaussian_poisson": "gp", "film": "film"}
+SHORT_NAMES = {"gaussian_poisson": "gp", "film": "film", "gaussian": "gauss"}
 H5_SUFFIXES, TIFF_SUFFIXES, NIFTI_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5"), (".tif", ".tiff"), (".nii", ".nii.gz")
 _FIXED = {"prob", "per_slice", "value_range"}  # set by the copy itself, not by the caller
 
@@ -205,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     pair = {"type": float, "nargs": 2, "metavar": ("MIN", "MAX")}
-    parser.add_argument("--sigma-range", **pair, help="gaussian_poisson: sigma in grey levels (default 55 85)")
+    parser.add_argument("--sigma-range", **pair, help="gaussian_poisson / gaussian: sigma in grey levels (default 55 85 / 25 25)")
     parser.add_argument("--lam-range", **pair, help="gaussian_poisson: Poisson lambda (default 0.6 0.8)")
     parser.add_argument("--kernel-size", type=int, help="film: box kernel side in pixels (default 5)")
     parser.add_argument("--intensity-range", **pair, help="film: amplitude a (default 0 1.5)")

@@ -20,16 +20,17 @@ _SUFFIXES = (".nii.gz", ".hdf5", ".tiff", ".nii", ".hdf", ".h5", ".tif", ".he5")
 
 
 def output_paths(input_file: str | os.PathLike, output_dir: str | os.PathLike) -> dict[str, Path]:
-    """``{"denoised", "instances"}`` paths in ``output_dir``: one HDF5 file holding both for an HDF5 input
-    (``volumes/raw_denoised``, ``volumes/labels/instances``), two files of the input's type otherwise."""
+    """``{"denoised", "instances", "mask"}`` paths in ``output_dir``: one HDF5 file for an HDF5 input
+    (``volumes/raw_denoised``, ``volumes/labels/instances`` or ``volumes/labels/mask``), files of the
+    input's type otherwise."""
     name = Path(input_file).name
     suffix = next((s for s in _SUFFIXES if name.lower().endswith(s)), None)
     if suffix is None:
         raise ValueError(f"input_file: expected an HDF5, TIFF or NIfTI file, got {str(input_file)!r}.")
     stem, out = name[: -len(suffix)], Path(output_dir)
     if suffix in (".hdf5", ".hdf", ".h5", ".he5"):
-        return {"denoised": out / f"{stem}_prediction{suffix}", "instances": out / f"{stem}_prediction{suffix}"}
-    return {"denoised": out / f"{stem}_denoised{suffix}", "instances": out / f"{stem}_instances{suffix}"}
+        return dict.fromkeys(("denoised", "instances", "mask"), out / f"{stem}_prediction{suffix}")
+    return {k: out / f"{stem}_{k}{suffix}" for k in ("denoised", "instances", "mask")}
 
 
 def run_inference(
@@ -45,10 +46,12 @@ def run_inference(
     device: str | torch.device | None = None,
     mws_kwargs: Mapping | None = None,
     amp: bool = False,
+    binary: bool = False,
 ) -> dict[str, Path]:
     """Denoise and segment a whole uint8 (Z, Y, X) volume; returns the paths written (see :func:`output_paths`).
 
-    The denoised image is written as uint8 0-255 (the input's scale), the instances as uint64 ids.
+    The denoised image is written as uint8 0-255 (the input's scale), the instances as uint64 ids; a
+    ``binary`` segmenter (one probability channel, e.g. mitochondria) gives a uint8 0/1 mask (p > 0.5) instead.
     """
     volume = read_volume(input_file, input_key)
     if volume.ndim != 3:
@@ -64,7 +67,10 @@ def run_inference(
     if "denoised" in pred:
         denoised = np.clip(np.rint(pred["denoised"][0].numpy() * 255.0), 0, 255).astype(np.uint8)
         written["denoised"] = write_volume(paths["denoised"], denoised, "volumes/raw_denoised")
-    if "affinity_prob" in pred:
+    if "affinity_prob" in pred and binary:
+        mask = (pred["affinity_prob"][0].numpy() > 0.5).astype(np.uint8)
+        written["mask"] = write_volume(paths["mask"], mask, "volumes/labels/mask")
+    elif "affinity_prob" in pred:
         instances = segment(pred["affinity_prob"], offsets, **dict(mws_kwargs or {})).astype(np.uint64)
         written["instances"] = write_volume(paths["instances"], instances, "volumes/labels/instances")
     return written

@@ -21,6 +21,10 @@ from .instances import (
 )
 from .n2v import N2V_STRATEGIES, RandN2VMask, RandN2VMaskD, RandN2VMaskd, RandN2VMaskDict
 from .noise import (
+    RandClippedGaussianNoise,
+    RandClippedGaussianNoised,
+    RandClippedGaussianNoiseD,
+    RandClippedGaussianNoiseDict,
     RandFilmNoise,
     RandFilmNoiseD,
     RandFilmNoised,

@@ -1,7 +1,10 @@
-"""Synthetic EM noise (Gaussian-Poisson mixture, film noise) of Wang et al., MICCAI 2024."""
+"""Synthetic EM noise: Gaussian-Poisson mixture and film noise (Wang et al., MICCAI 2024), clipped Gaussian (the N2V paper)."""
 
-from .array import RandFilmNoise, RandGaussianPoissonNoise
+from .array import RandClippedGaussianNoise, RandFilmNoise, RandGaussianPoissonNoise
 from .dictionary import (
+    RandClippedGaussianNoised,
+    RandClippedGaussianNoiseD,
+    RandClippedGaussianNoiseDict,
     RandFilmNoised,
     RandFilmNoiseD,
     RandFilmNoiseDict,
@@ -19,4 +22,8 @@ __all__ = [
     "RandFilmNoised",
     "RandFilmNoiseD",
     "RandFilmNoiseDict",
+    "RandClippedGaussianNoise",
+    "RandClippedGaussianNoised",
+    "RandClippedGaussianNoiseD",
+    "RandClippedGaussianNoiseDict",
 ]

@@ -23,7 +23,7 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_tenso
 
 from monai_denoiseg.utils.validation import check_finite, check_spatial_ndim
 
-__all__ = ["RandGaussianPoissonNoise", "RandFilmNoise"]
+__all__ = ["RandGaussianPoissonNoise", "RandFilmNoise", "RandClippedGaussianNoise"]
 
 FULL_SCALE = 255.0  # the paper's intensity scale, on which sigma, lambda and the film amplitude are defined
 
@@ -178,3 +178,33 @@ class RandFilmNoise(_RandSyntheticNoise):
         white = rng.standard_normal((int(np.prod(lead)), 1, h + k - 1, w + k - 1), dtype=np.float32)
         grain = F.avg_pool2d(torch.from_numpy(white).to(u.device), k, stride=1).reshape(u.shape)
         return u + (FULL_SCALE * intensity) * grain
+
+
+class RandClippedGaussianNoise(_RandSyntheticNoise):
+    """Additive white Gaussian noise on the 0-255 scale, the noise of the second paper's EM experiment
+    (Lucchi mitochondria "with different variance"):
+
+        y = clip(x + sigma * z, 0, 255),   z ~ N(0, 1),   sigma ~ U(sigma_range).
+
+    Unlike MONAI's ``RandGaussianNoise`` the standard deviation is in grey levels of the 0-255 scale,
+    the result is clipped to the value range, and per-slice draws and seeding match the EM noises.
+    A fixed level is ``sigma_range=(s, s)``.
+
+    Args:
+        prob: probability of adding noise (the output is float32 either way).
+        sigma_range: range of the standard deviation, in 0-255 grey levels.
+        value_range: input values that correspond to 0 and 255; inputs are clipped to it first.
+        per_slice: for (C, D, H, W) volumes draw sigma for every z-slice; otherwise one draw per call.
+    """
+
+    def __init__(
+        self,
+        prob: float = 1.0,
+        sigma_range: Sequence[float] = (25.0, 25.0),
+        value_range: Sequence[float] = (0.0, 255.0),
+        per_slice: bool = False,
+    ) -> None:
+        super().__init__(prob, value_range, per_slice, sigma=sigma_range)
+
+    def _add_noise(self, u: torch.Tensor, rng: np.random.Generator, sigma: float) -> torch.Tensor:
+        return u + sigma * torch.from_numpy(rng.standard_normal(u.shape, dtype=np.float32)).to(u.device)

@@ -15,7 +15,7 @@ from monai.transforms import MapTransform, RandomizableTransform
 
 from monai_denoiseg.utils.validation import check_spatial_ndim
 
-from .array import RandFilmNoise, RandGaussianPoissonNoise, _RandSyntheticNoise, to_float32
+from .array import RandClippedGaussianNoise, RandFilmNoise, RandGaussianPoissonNoise, _RandSyntheticNoise, to_float32
 
 __all__ = [
     "RandGaussianPoissonNoised",
@@ -24,6 +24,9 @@ __all__ = [
     "RandFilmNoised",
     "RandFilmNoiseD",
     "RandFilmNoiseDict",
+    "RandClippedGaussianNoised",
+    "RandClippedGaussianNoiseD",
+    "RandClippedGaussianNoiseDict",
 ]
 
 
@@ -91,5 +94,22 @@ class RandFilmNoised(_RandSyntheticNoised):
         super().__init__(keys, prob, noise, allow_missing_keys)
 
 
+class RandClippedGaussianNoised(_RandSyntheticNoised):
+    """Dictionary version of :class:`RandClippedGaussianNoise`; arguments as there, plus ``keys``."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 1.0,
+        sigma_range: Sequence[float] = (25.0, 25.0),
+        value_range: Sequence[float] = (0.0, 255.0),
+        per_slice: bool = False,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        noise = RandClippedGaussianNoise(1.0, sigma_range, value_range, per_slice)
+        super().__init__(keys, prob, noise, allow_missing_keys)
+
+
 RandGaussianPoissonNoiseD = RandGaussianPoissonNoiseDict = RandGaussianPoissonNoised
 RandFilmNoiseD = RandFilmNoiseDict = RandFilmNoised
+RandClippedGaussianNoiseD = RandClippedGaussianNoiseDict = RandClippedGaussianNoised

@@ -1,0 +1,178 @@
+"""The papers' comparisons on real data, run through the bundles (issue 6), resumable across sittings.
+
+Every run is ``python -m monai.bundle run training`` of a bundle with overrides (strategy, seed, scale),
+then ``evaluating`` of the checkpoint that validation selected, on the test split. A run whose test
+metrics exist is skipped; a killed run resumes from its epoch-end checkpoint. Results (one JSON per
+experiment, rows = strategy x seed) go to ``benchmarks/results/``; ``report`` turns them into the
+tables of ``docs/results.md`` (mean and standard deviation over seeds).
+
+    python benchmarks/experiments.py run medulla_2d            # in the background: nohup ... &
+    python benchmarks/experiments.py run medulla_2d --only joint --seeds 0 1 2
+    python benchmarks/experiments.py report                    # benchmarks/results/*.json -> tables
+    python benchmarks/experiments.py list
+
+Set ``OMP_NUM_THREADS`` to keep cores free; runs land in ``benchmarks/runs/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "runs"
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = Path(os.environ.get("MONAI_DENOISEG_DATA") or ROOT.parent / "shared" / "data")
+
+# CPU scale (2 cores): a run takes minutes. configs/paper_scale.yaml holds the paper's settings.
+CPU_SCALE = {"features": "[8,16,32,64]", "patch_size": "[128,128]", "batch_size": "4", "epochs": "12",
+             "iterations_per_epoch": "50", "val_interval": "4", "lr": "5e-4", "pretrain_iterations": "600",
+             "num_workers": "0"}
+
+
+@dataclass
+class Experiment:
+    """Rows (strategies) of one table, trained with ``seeds`` at ``scale`` through ``bundle``."""
+
+    bundle: str
+    rows: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    configs: tuple[str, ...] = ("train.yaml",)
+    scale: dict = field(default_factory=lambda: dict(CPU_SCALE))
+    columns: tuple[str, ...] = ("psnr", "ssim", "voi_split", "voi_merge", "voi", "arand")
+    reuse_denoiser: bool = True  # sequential: the frozen denoiser is the same seed's dn_only model (the paper)
+    description: str = ""
+
+
+EXPERIMENTS: dict[str, Experiment] = {
+    "medulla_2d": Experiment(
+        "medulla_fibsem_denoiseg",
+        ("dn_only", "seg_only", "sequential", "dms", "joint", "no_denoiser", "no_fusion"),
+        description="Neurons, FIB-SEM medulla, Gaussian-Poisson noise, 2-D per slice "
+                    "(z 0-169 train, 170-199 validation, 200-249 test); the paper's Tables 1 and 4.",
+    ),
+}
+
+
+def run_dir(name: str, row: str, seed: int) -> Path:
+    return RUNS / name / f"{row}_seed{seed}"
+
+
+def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overrides: dict) -> list[str]:
+    cfg = ROOT / "bundles" / exp.bundle / "configs"
+    files = "[" + ",".join(repr(str(cfg / c)) for c in configs) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", cmd, "--config_file", files,
+            "--output_dir", str(out), "--model_dir", str(out / "models"), "--data_dir", str(DATA)]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def _checkpoint_name(row: str) -> str:
+    return "model.pt" if row == "joint" else f"model_{row}.pt"
+
+
+def run_one(name: str, row: str, seed: int) -> dict:
+    """Train (or resume) one row with one seed, evaluate its validation-selected model on the test split."""
+    exp = EXPERIMENTS[name]
+    out = run_dir(name, row, seed)
+    metrics_file = out / "test" / "metrics_test_epoch1.json"
+    if metrics_file.is_file():
+        return _summary(metrics_file)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = {**exp.scale, "strategy": row, "seed": seed}
+    if row == "sequential" and exp.reuse_denoiser:
+        dn = run_one(name, "dn_only", seed) and run_dir(name, "dn_only", seed) / "models" / _checkpoint_name("dn_only")
+        overrides["pretrained"] = repr({"denoiser": str(dn)})
+    log = (out / "log.txt").open("a")
+    t0 = time.time()
+    for cmd, configs in (("training", list(exp.configs)), ("evaluating", [*exp.configs, "evaluate.yaml"])):
+        res = subprocess.run(_bundle_cmd(exp, cmd, configs, out, overrides), stdout=log, stderr=subprocess.STDOUT,
+                             cwd=ROOT)
+        if res.returncode != 0:
+            raise RuntimeError(f"{name}/{row}/seed{seed}: {cmd} failed (exit {res.returncode}); see {out / 'log.txt'}.")
+    (out / "run.json").write_text(json.dumps({"seconds": time.time() - t0, "overrides": overrides}, indent=1))
+    return _summary(metrics_file)
+
+
+def _summary(metrics_file: Path) -> dict:
+    """The mean row of a metrics file; ``psnr``/``ssim`` of the final image, or the coarse one without fusion."""
+    rows = json.loads(metrics_file.read_text())
+    m = dict(rows[0] if isinstance(rows, list) else rows)
+    for k in ("psnr", "ssim"):
+        m.setdefault(k, m.get(f"{k}_final", m.get(f"{k}_coarse")))
+    return m
+
+
+def collect(name: str) -> dict:
+    """Every finished run of an experiment: ``{row: {seed: metrics}}``, written to ``results/<name>.json``."""
+    exp = EXPERIMENTS[name]
+    table: dict[str, dict[str, dict]] = {}
+    for row in exp.rows:
+        for seed in exp.seeds:
+            f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
+            if f.is_file():
+                info = run_dir(name, row, seed) / "run.json"
+                entry = _summary(f)
+                if info.is_file():
+                    entry["train_seconds"] = json.loads(info.read_text())["seconds"]
+                table.setdefault(row, {})[str(seed)] = entry
+    result = {"experiment": name, "bundle": exp.bundle, "description": exp.description, "scale": exp.scale,
+              "configs": list(exp.configs), "rows": table}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    return result
+
+
+def markdown_table(result: dict, columns) -> str:
+    """Mean +- standard deviation (ddof=1) over seeds per row; n = number of seeds."""
+    head = "| strategy | n | " + " | ".join(columns) + " |\n|" + "---|" * (len(columns) + 2) + "\n"
+    lines = []
+    for row, seeds in result["rows"].items():
+        cells = []
+        for col in columns:
+            v = np.array([m[col] for m in seeds.values() if m.get(col) is not None], dtype=float)
+            v = v[np.isfinite(v)]
+            cells.append("-" if v.size == 0 else f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if v.size > 1 else f"{v[0]:.4f}")
+        lines.append(f"| {row} | {len(seeds)} | " + " | ".join(cells) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=("run", "report", "list"))
+    p.add_argument("experiments", nargs="*")
+    p.add_argument("--only", nargs="*", help="rows to run (default: all of the experiment)")
+    p.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the experiment's)")
+    a = p.parse_args(argv)
+    names = a.experiments or list(EXPERIMENTS)
+    if a.action == "list":
+        for n, e in EXPERIMENTS.items():
+            print(f"{n}: {e.bundle} rows={e.rows} seeds={e.seeds}\n    {e.description}")
+    elif a.action == "run":
+        for n in names:
+            exp = EXPERIMENTS[n]
+            for seed in a.seeds or exp.seeds:  # seed-major: every row gets a first seed before any gets a third
+                for row in a.only or exp.rows:
+                    t0 = time.time()
+                    m = run_one(n, row, seed)
+                    print(f"{n} {row} seed{seed}: " + ", ".join(f"{c}={m.get(c)}" for c in exp.columns)
+                          + f" ({time.time() - t0:.0f} s)", flush=True)
+                collect(n)
+    else:
+        for n in names:
+            r = collect(n)
+            print(f"## {n}\n{r['description']}\n\n" + markdown_table(r, EXPERIMENTS[n].columns))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
