@@ -38,32 +38,93 @@ CPU_SCALE = {"features": "[8,16,32,64]", "patch_size": "[128,128]", "batch_size"
              "num_workers": "0"}
 
 
+def rows(*strategies: str, **extra) -> dict[str, dict]:
+    """Rows named after their strategy, with the same extra overrides; ``sequential`` reuses ``dn_only``."""
+    out = {s: {"strategy": s, **extra} for s in strategies}
+    if "sequential" in out and "dn_only" in out:
+        out["sequential"]["pretrained_from"] = "dn_only"
+    return out
+
+
 @dataclass
 class Experiment:
-    """Rows (strategies) of one table, trained with ``seeds`` at ``scale`` through ``bundle``."""
+    """Rows (label -> bundle overrides, with ``strategy``) of one table, trained with ``seeds`` at ``scale``.
+
+    ``pretrained_from`` in a row names the row whose trained denoiser it freezes (the paper's Sequential:
+    the same seed's DN-only model), instead of pretraining one itself.
+    """
 
     bundle: str
-    rows: tuple[str, ...]
+    rows: dict[str, dict]
     seeds: tuple[int, ...] = (0, 1, 2)
     configs: tuple[str, ...] = ("train.yaml",)
     scale: dict = field(default_factory=lambda: dict(CPU_SCALE))
     columns: tuple[str, ...] = ("psnr", "ssim", "voi_split", "voi_merge", "voi", "arand")
-    reuse_denoiser: bool = True  # sequential: the frozen denoiser is the same seed's dn_only model (the paper)
+    row_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # rows run with fewer seeds
     description: str = ""
 
+    def seeds_of(self, row: str) -> tuple[int, ...]:
+        return self.row_seeds.get(row, self.seeds)
 
+
+LUCCHI_SIGMAS = (10, 25, 50)
+PAPER_ROWS = ("dn_only", "seg_only", "sequential", "dms", "joint", "no_denoiser", "no_fusion")
+DN_BACKBONES = {"unet": {}, "dncnn": {"num_layers": 8, "features": 32}, "ridnet": {"features": 32, "num_blocks": 2}}
 EXPERIMENTS: dict[str, Experiment] = {
     "medulla_2d": Experiment(
-        "medulla_fibsem_denoiseg",
-        ("dn_only", "seg_only", "sequential", "dms", "joint", "no_denoiser", "no_fusion"),
+        "medulla_fibsem_denoiseg", rows(*PAPER_ROWS),
         description="Neurons, FIB-SEM medulla, Gaussian-Poisson noise, 2-D per slice "
                     "(z 0-169 train, 170-199 validation, 200-249 test); the paper's Tables 1 and 4.",
+    ),
+    "isbi_film": Experiment(
+        "isbi2012_denoiseg", rows(*PAPER_ROWS),
+        description="Neurons, ISBI 2012 ssTEM, film noise (slices 0-19 train, 20-24 validation, 25-29 test); "
+                    "the paper's Table 2, right half.",
+    ),
+    "medulla_n2v": Experiment(
+        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"),
+        description="Experiment 1's synthetic noise without clean images: the Noise2Void strategies beside "
+                    "medulla_2d's joint (which needs clean images).",
+    ),
+    "medulla_real_noise": Experiment(
+        "medulla_fibsem_denoiseg", rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"),
+        columns=("voi_split", "voi_merge", "voi", "arand"),
+        description="Real noise: the medulla raw as acquired (no synthetic noise, no clean image); "
+                    "segmentation only, and the Noise2Void joint strategies.",
+    ),
+    "medulla_3d": Experiment(
+        "medulla_fibsem_denoiseg", rows("joint"), seeds=(0,), configs=("train.yaml", "train_3d.yaml"),
+        scale={**CPU_SCALE, "features": "[4,8,16,32]", "patch_size": "[16,64,64]", "batch_size": "2",
+               "roi_size": "[32,128,128]", "epochs": "6", "val_interval": "3"},
+        description="3-D joint configuration (3-D affinities, 3-D mutex watershed, metrics per volume); beyond the paper.",
+    ),
+    "lucchi_mito": Experiment(
+        "lucchi_mito_n2v",
+        {"seg_clean": {"strategy": "seg_clean", "noise_sigma": 25},
+         **{f"{s}/sigma{sigma}": {"strategy": s, "noise_sigma": sigma}
+            for sigma in LUCCHI_SIGMAS for s in ("n2v_only", "n2v_joint_supervised")}},
+        scale={**CPU_SCALE, "features": "[16,16,32,64,128,16]", "pretrain_iterations": "200", "crop": "[512,512]",
+               "splits": "{'train': [0, 70], 'val': [70, 80], 'test': [0, 5]}"},
+        columns=("psnr", "ssim", "iou", "f1"),
+        description="Mitochondria, Lucchi++ (train volume slices 0-69 train, 70-79 validation; test volume slices "
+                    "0-4 test; 512x512 centre crops), clipped Gaussian noise sigma 10 / 25 / 50; the N2V paper's "
+                    "EM experiment. benchmarks/lucchi_mito.py adds noisy input, BM3D and the clean-trained segmenter.",
+    ),
+    "backbones": Experiment(
+        "medulla_fibsem_denoiseg",
+        {f"{dn}+transunet/{s}": {"strategy": s, "network_def#denoiser": dn, "network_def#segmenter": "transunet",
+                                 "network_def#denoiser_kwargs": repr(kw or {"features": [8, 16, 32, 64]}),
+                                 "network_def#segmenter_kwargs": "{}"}
+         for dn, kw in DN_BACKBONES.items() for s in ("sequential", "joint")},
+        seeds=(0,),
+        description="Backbones on experiment 1 (the paper's Table 3): denoiser UNet / DnCNN / RIDNet with a "
+                    "TransUNet segmenter, Sequential vs Joint.",
     ),
 }
 
 
 def run_dir(name: str, row: str, seed: int) -> Path:
-    return RUNS / name / f"{row}_seed{seed}"
+    return RUNS / name / f"{row.replace('/', '_').replace('+', '_')}_seed{seed}"
 
 
 def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overrides: dict) -> list[str]:
@@ -76,8 +137,11 @@ def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overri
     return args
 
 
-def _checkpoint_name(row: str) -> str:
-    return "model.pt" if row == "joint" else f"model_{row}.pt"
+def _model_file(out: Path) -> Path:
+    models = sorted((out / "models").glob("*.pt"))
+    if len(models) != 1:
+        raise RuntimeError(f"{out}: expected one validation-selected model in models/, found {models}.")
+    return models[0]
 
 
 def run_one(name: str, row: str, seed: int) -> dict:
@@ -88,15 +152,18 @@ def run_one(name: str, row: str, seed: int) -> dict:
     if metrics_file.is_file():
         return _summary(metrics_file)
     out.mkdir(parents=True, exist_ok=True)
-    overrides = {**exp.scale, "strategy": row, "seed": seed}
-    if row == "sequential" and exp.reuse_denoiser:
-        dn = run_one(name, "dn_only", seed) and run_dir(name, "dn_only", seed) / "models" / _checkpoint_name("dn_only")
-        overrides["pretrained"] = repr({"denoiser": str(dn)})
+    spec = dict(exp.rows[row])
+    source = spec.pop("pretrained_from", None)
+    overrides = {**exp.scale, **spec, "seed": seed}
+    if source is not None:
+        run_one(name, source, seed)
+        overrides["pretrained"] = repr({"denoiser": str(_model_file(run_dir(name, source, seed)))})
     log = (out / "log.txt").open("a")
     t0 = time.time()
     for cmd, configs in (("training", list(exp.configs)), ("evaluating", [*exp.configs, "evaluate.yaml"])):
-        res = subprocess.run(_bundle_cmd(exp, cmd, configs, out, overrides), stdout=log, stderr=subprocess.STDOUT,
-                             cwd=ROOT)
+        extra = {"checkpoint": str(_model_file(out))} if cmd == "evaluating" else {}
+        res = subprocess.run(_bundle_cmd(exp, cmd, configs, out, {**overrides, **extra}), stdout=log,
+                             stderr=subprocess.STDOUT, cwd=ROOT)
         if res.returncode != 0:
             raise RuntimeError(f"{name}/{row}/seed{seed}: {cmd} failed (exit {res.returncode}); see {out / 'log.txt'}.")
     (out / "run.json").write_text(json.dumps({"seconds": time.time() - t0, "overrides": overrides}, indent=1))
@@ -117,7 +184,7 @@ def collect(name: str) -> dict:
     exp = EXPERIMENTS[name]
     table: dict[str, dict[str, dict]] = {}
     for row in exp.rows:
-        for seed in exp.seeds:
+        for seed in exp.seeds_of(row):
             f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
             if f.is_file():
                 info = run_dir(name, row, seed) / "run.json"
@@ -156,12 +223,14 @@ def main(argv=None) -> int:
     names = a.experiments or list(EXPERIMENTS)
     if a.action == "list":
         for n, e in EXPERIMENTS.items():
-            print(f"{n}: {e.bundle} rows={e.rows} seeds={e.seeds}\n    {e.description}")
+            print(f"{n}: {e.bundle} rows={list(e.rows)} seeds={e.seeds}\n    {e.description}")
     elif a.action == "run":
         for n in names:
             exp = EXPERIMENTS[n]
             for seed in a.seeds or exp.seeds:  # seed-major: every row gets a first seed before any gets a third
                 for row in a.only or exp.rows:
+                    if seed not in exp.seeds_of(row):
+                        continue
                     t0 = time.time()
                     m = run_one(n, row, seed)
                     print(f"{n} {row} seed{seed}: " + ", ".join(f"{c}={m.get(c)}" for c in exp.columns)

@@ -56,3 +56,22 @@ def lucchi():
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "bundles"
+
+
+def run_bundle(name: str, cmd: str, configs, out: Path, *overrides: str, cwd=None, timeout: int = 600):
+    """``python -m monai.bundle run <cmd>`` of bundle ``name`` (configs merged in order), outputs under ``out``,
+    data from the shared folder only (``$MONAI_DENOISEG_DATA`` cleared); fails with the run's stderr."""
+    import subprocess
+    import sys
+
+    files = "[" + ",".join(repr(str(BUNDLES_DIR / name / "configs" / c)) for c in configs) + "]"
+    args = [sys.executable, "-m", "monai.bundle", "run", cmd, "--config_file", files,
+            "--output_dir", str(out / "out"), "--model_dir", str(out / "models"),
+            "--cache_dir", str(out / "cache"), "--data_dir", str(DATA_DIR), *overrides]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd or BUNDLES_DIR.parent,
+                         env={**os.environ, "MONAI_DENOISEG_DATA": ""})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res

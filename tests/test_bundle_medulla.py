@@ -10,21 +10,14 @@ import h5py
 import jsonschema
 import numpy as np
 import tifffile
-from conftest import DATA_DIR, data_path
+from conftest import BUNDLES_DIR, DATA_DIR, data_path, run_bundle
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "medulla_fibsem_denoiseg"
+BUNDLE = BUNDLES_DIR / "medulla_fibsem_denoiseg"
 SCHEMA = DATA_DIR.parent / "monai" / "meta_schema_20240725.json"
 
 
 def bundle(cmd, configs, tmp_path, *overrides, cwd=None):
-    files = "[" + ",".join(repr(str(BUNDLE / "configs" / c)) for c in configs) + "]"
-    args = [sys.executable, "-m", "monai.bundle", "run", cmd, "--config_file", files,
-            "--output_dir", str(tmp_path / "out"), "--model_dir", str(tmp_path / "models"),
-            "--cache_dir", str(tmp_path / "cache"), "--data_dir", str(DATA_DIR), *overrides]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=cwd or BUNDLE.parents[1],
-                         env={**os.environ, "MONAI_DENOISEG_DATA": ""})
-    assert res.returncode == 0, res.stderr[-3000:]
-    return res
+    return run_bundle(BUNDLE.name, cmd, configs, tmp_path, *overrides, cwd=cwd)
 
 
 def test_metadata_is_valid_against_the_model_zoo_schema():

@@ -179,6 +179,11 @@ def test_segment_wraps_affinity_to_instances(medulla, isbi, rng):
     assert (masked[lab == 0] == 0).all() and (masked[lab > 0] > 0).all()
     vol = segment(_exact_affinity(medulla[1][:4, :48, :48], DEFAULT_OFFSETS_3D), DEFAULT_OFFSETS_3D)
     assert vol.shape == (4, 48, 48) and vol.dtype == np.uint64
+    blended = aff.astype(np.float32) * np.float32(1 + 1e-6)  # sliding-window blending rounds a little past 1
+    assert blended.max() > 1
+    np.testing.assert_array_equal(segment(blended, PAPER_OFFSETS_2D), segment(np.clip(blended, 0, 1), PAPER_OFFSETS_2D))
+    with pytest.raises(ValueError, match="probabilities"):  # logits are still refused
+        segment(aff * 4 - 2, PAPER_OFFSETS_2D)
 
 
 # ----------------------------------------------------------------------------------------------- metrics

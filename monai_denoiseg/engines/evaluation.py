@@ -228,6 +228,8 @@ def segment(
     aff = _channels_4d(aff, "affinity_prob") if single else aff
     if aff.ndim != 4:
         raise ValueError(f"affinity_prob: expected (C, D, H, W) or (C, H, W), got shape {aff.shape}.")
+    if aff.size and -1e-4 <= aff.min() and aff.max() <= 1 + 1e-4:  # sliding-window blending rounds past 1
+        aff = np.clip(aff, 0.0, 1.0)  # (logits stay outside and are refused by the mutex watershed)
     fg = None
     if mask is not None:
         fg = _stack_3d(mask, "mask")[None] != 0

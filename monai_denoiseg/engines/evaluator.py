@@ -42,7 +42,8 @@ class DenoiSegEvaluator(Evaluator):
         volumes: a split dict ``{"noisy", "clean"?, "label"?}`` of uint8 / id (Z, Y, X) arrays, or a list.
         network: the joint network.
         strategy: whose stages run (e.g. ``"seg_only"`` runs the segmenter on the noisy image).
-        offsets: affinity offsets of the segmenter's channels (2-D: evaluated per slice; 3-D: per volume).
+        offsets: affinity offsets of the segmenter's channels (2-D: evaluated per slice; 3-D: per volume);
+            None for a binary task (``binary_key``).
         roi_size: sliding-window size (2-D (H, W) or 3-D (D, H, W)); overlap and blending as
             :func:`predict_volume`.
         per: ``"slice"`` (the paper: mean over 2-D slices) or ``"volume"``.
@@ -79,7 +80,7 @@ class DenoiSegEvaluator(Evaluator):
                          decollate=False, **kwargs)
         self.network = network
         self.strategy = get_strategy(strategy)
-        self.offsets = [tuple(int(v) for v in o) for o in offsets]
+        self.offsets = None if offsets is None else [tuple(int(v) for v in o) for o in offsets]
         self.roi_size, self.sw_batch_size, self.overlap = tuple(roi_size), int(sw_batch_size), float(overlap)
         self.spatial_dims = len(self.roi_size)
         self.per = per
