@@ -203,3 +203,15 @@ def bundle_net(name: str) -> torch.nn.Module:
     p.read_config(str(BUNDLES_DIR / name / "configs" / "inference.yaml"))
     p["bundle_root"] = str(BUNDLES_DIR / name)
     return p.get_parsed_content("network_def")
+
+
+def _body(name: str, config: str) -> str:
+    text = (BUNDLES_DIR / name / "configs" / config).read_text()
+    return text[text.index("# model and data geometry"):] if config == "train.yaml" else text
+
+
+@pytest.mark.parametrize("name", ["cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg"])
+def test_affinity_bundles_share_the_medulla_bundles_workflow(name):
+    """Bundles are self-contained (Model Zoo zips), so their configs repeat one workflow: keep it one."""
+    for config in ("train.yaml", "evaluate.yaml", "multi_gpu_train.yaml"):
+        assert _body(name, config) == _body(NAMES[0], config), f"{name}/configs/{config} drifted from {NAMES[0]}"

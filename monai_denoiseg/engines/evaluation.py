@@ -113,6 +113,12 @@ def _nanmean(values) -> float:
 
 
 # ------------------------------------------------------------------------------------------ inference
+def _blended(key: str, value: torch.Tensor) -> torch.Tensor:
+    """A blended ``*_prob`` output is a convex combination of probabilities: clamp the float32 rounding of
+    Gaussian blending (up to ~1e-3 past 1 at the window borders) back into [0, 1]."""
+    return value.clamp(0.0, 1.0) if key.endswith("_prob") else value
+
+
 def predict_volume(
     network: torch.nn.Module | Callable[[torch.Tensor], Any],
     noisy,
@@ -185,7 +191,7 @@ def predict_volume(
                 res = inferer(x[None].to(device), predictor)
             out3d = {}
             for k in list(res):  # key by key, freeing each blended buffer as we go
-                v = res.pop(k)[0].to("cpu", torch.float32)
+                v = _blended(k, res.pop(k)[0].to("cpu", torch.float32))
                 out3d[k] = v.clone() if torch.is_inference(v) else v  # ordinary tensors for the caller
             return out3d
         slices = x.permute(1, 0, 2, 3)  # (D, C, H, W): the slices are the batch
@@ -195,7 +201,7 @@ def predict_volume(
             with torch.inference_mode():
                 res = inferer(slices[z0 : z0 + step].to(device), predictor)
             for k, v in res.items():
-                v = v.to("cpu", torch.float32).transpose(0, 1)  # (C, b, H, W)
+                v = _blended(k, v.to("cpu", torch.float32).transpose(0, 1))  # (C, b, H, W)
                 if k not in out:
                     out[k] = torch.empty((v.shape[0], slices.shape[0], *v.shape[2:]), dtype=torch.float32)
                 out[k][:, z0 : z0 + v.shape[1]] = v
@@ -228,8 +234,6 @@ def segment(
     aff = _channels_4d(aff, "affinity_prob") if single else aff
     if aff.ndim != 4:
         raise ValueError(f"affinity_prob: expected (C, D, H, W) or (C, H, W), got shape {aff.shape}.")
-    if aff.size and -1e-4 <= aff.min() and aff.max() <= 1 + 1e-4:  # sliding-window blending rounds past 1
-        aff = np.clip(aff, 0.0, 1.0)  # (logits stay outside and are refused by the mutex watershed)
     fg = None
     if mask is not None:
         fg = _stack_3d(mask, "mask")[None] != 0
