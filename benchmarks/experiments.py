@@ -232,7 +232,11 @@ def main(argv=None) -> int:
                     if seed not in exp.seeds_of(row):
                         continue
                     t0 = time.time()
-                    m = run_one(n, row, seed)
+                    try:
+                        m = run_one(n, row, seed)
+                    except RuntimeError as e:  # one failed run must not stop a stream of hours: report, go on
+                        print(f"FAILED {e}", flush=True)
+                        continue
                     print(f"{n} {row} seed{seed}: " + ", ".join(f"{c}={m.get(c)}" for c in exp.columns)
                           + f" ({time.time() - t0:.0f} s)", flush=True)
                 collect(n)

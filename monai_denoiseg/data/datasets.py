@@ -73,7 +73,8 @@ def write_volume(path: str | os.PathLike, array: np.ndarray, key: str | None = N
     elif name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
-        nib.save(nib.Nifti1Image(np.asarray(array).T, np.eye(4)), path)
+        array = np.asarray(array)  # the dtype is explicit: nibabel refuses to guess one for 64-bit ids
+        nib.save(nib.Nifti1Image(array.T, np.eye(4), dtype=array.dtype), path)
     else:
         raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
     return path

@@ -1,0 +1,37 @@
+"""read_volume / write_volume round trips in every format, and load_split's crop and negative z ranges."""
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import data_path
+
+from monai_denoiseg.data.datasets import load_split, read_volume, write_volume
+
+
+@pytest.mark.parametrize("suffix", [".h5", ".tif", ".nii.gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint64])
+def test_write_then_read_is_exact_in_every_format(tmp_path, suffix, dtype):
+    ids = np.random.default_rng(0).integers(0, 2**40 if dtype == np.uint64 else 255, (3, 17, 11)).astype(dtype)
+    path = write_volume(tmp_path / f"v{suffix}", ids, "volumes/labels/instances")
+    back = read_volume(path, "volumes/labels/instances" if suffix == ".h5" else None)
+    assert back.dtype == dtype and back.shape == ids.shape
+    np.testing.assert_array_equal(back, ids)
+
+
+def test_load_split_centre_crop_and_negative_z_range(tmp_path):
+    path = data_path("medulla_fibsem.h5")
+    full = load_split(path, (-3, None), noise="film", cache_dir=tmp_path)
+    crop = load_split(path, (-3, None), noise="film", cache_dir=tmp_path, crop=(100, 64))
+    for key in ("noisy", "clean", "label"):
+        assert full[key].shape == (3, 250, 250) and crop[key].shape == (3, 100, 64)
+        np.testing.assert_array_equal(crop[key], full[key][:, 75:175, 93:157])  # (250 - 100) // 2, (250 - 64) // 2
+    with pytest.raises(ValueError, match=r"crop: expected \(H, W\) no larger than the slices \(250, 250\)"):
+        load_split(path, (0, 2), noise=None, keys=("noisy",), crop=(300, 100))
+
+
+def test_load_split_from_tiff_stacks_with_labels_in_their_own_file():
+    split = load_split(data_path("isbi2012", "train-input.tif"), (25, 30), raw_key=None, label_key=None,
+                       label_path=data_path("isbi2012", "train-labels.tif"), noise="film")
+    assert {k: v.shape for k, v in split.items()} == dict.fromkeys(("noisy", "clean", "label"), (5, 512, 512))
+    np.testing.assert_array_equal(split["label"], tifffile.imread(data_path("isbi2012", "train-labels.tif"))[25:30])
+    assert not np.array_equal(split["noisy"], split["clean"])
