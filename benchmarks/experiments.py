@@ -62,6 +62,7 @@ class Experiment:
     columns: tuple[str, ...] = ("psnr", "ssim", "voi_split", "voi_merge", "voi", "arand")
     row_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # rows run with fewer seeds
     description: str = ""
+    noisy_input: dict | None = None  # load_split arguments of the test split: adds a "noisy input" row
 
     def seeds_of(self, row: str) -> tuple[int, ...]:
         return self.row_seeds.get(row, self.seeds)
@@ -69,25 +70,30 @@ class Experiment:
 
 LUCCHI_SIGMAS = (10, 25, 50)
 PAPER_ROWS = ("dn_only", "seg_only", "sequential", "dms", "joint", "no_denoiser", "no_fusion")
+# 3 seeds for the rows the claim rests on (DN-only, SEG-only, joint); the others get a first seed, more as time allows
+ONE_SEED = {r: (0,) for r in ("sequential", "dms", "no_denoiser", "no_fusion")}
 DN_BACKBONES = {"unet": {}, "dncnn": {"num_layers": 8, "features": 32}, "ridnet": {"features": 32, "num_blocks": 2}}
 EXPERIMENTS: dict[str, Experiment] = {
     "medulla_2d": Experiment(
-        "medulla_fibsem_denoiseg", rows(*PAPER_ROWS),
+        "medulla_fibsem_denoiseg", rows(*PAPER_ROWS), row_seeds=ONE_SEED,
+        noisy_input={"path": "medulla_fibsem.h5", "z_range": (200, 250)},
         description="Neurons, FIB-SEM medulla, Gaussian-Poisson noise, 2-D per slice "
                     "(z 0-169 train, 170-199 validation, 200-249 test); the paper's Tables 1 and 4.",
     ),
     "isbi_film": Experiment(
-        "isbi2012_denoiseg", rows(*PAPER_ROWS),
+        "isbi2012_denoiseg", rows(*PAPER_ROWS), row_seeds=ONE_SEED,
+        noisy_input={"path": "isbi2012/train-input.tif", "z_range": (25, 30), "raw_key": None, "label_key": None,
+                     "label_path": "isbi2012/train-labels.tif", "noise": "film"},
         description="Neurons, ISBI 2012 ssTEM, film noise (slices 0-19 train, 20-24 validation, 25-29 test); "
                     "the paper's Table 2, right half.",
     ),
     "medulla_n2v": Experiment(
-        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"),
+        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"), seeds=(0,),
         description="Experiment 1's synthetic noise without clean images: the Noise2Void strategies beside "
                     "medulla_2d's joint (which needs clean images).",
     ),
     "medulla_real_noise": Experiment(
-        "medulla_fibsem_denoiseg", rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"),
+        "medulla_fibsem_denoiseg", rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"), seeds=(0,),
         columns=("voi_split", "voi_merge", "voi", "arand"),
         description="Real noise: the medulla raw as acquired (no synthetic noise, no clean image); "
                     "segmentation only, and the Noise2Void joint strategies.",
@@ -99,7 +105,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         description="3-D joint configuration (3-D affinities, 3-D mutex watershed, metrics per volume); beyond the paper.",
     ),
     "lucchi_mito": Experiment(
-        "lucchi_mito_n2v",
+        "lucchi_mito_n2v", seeds=(0,), rows=
         {"seg_clean": {"strategy": "seg_clean", "noise_sigma": 25},
          **{f"{s}/sigma{sigma}": {"strategy": s, "noise_sigma": sigma}
             for sigma in LUCCHI_SIGMAS for s in ("n2v_only", "n2v_joint_supervised")}},
@@ -192,11 +198,25 @@ def collect(name: str) -> dict:
                 if info.is_file():
                     entry["train_seconds"] = json.loads(info.read_text())["seconds"]
                 table.setdefault(row, {})[str(seed)] = entry
+    if exp.noisy_input is not None:
+        table["noisy input"] = {"-": _noisy_input_metrics(exp)}
     result = {"experiment": name, "bundle": exp.bundle, "description": exp.description, "scale": exp.scale,
               "configs": list(exp.configs), "rows": table}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
+
+
+def _noisy_input_metrics(exp: Experiment) -> dict:
+    """PSNR / SSIM of the fixed noisy test split itself (the bundle's cached copy), for scale."""
+    from monai_denoiseg.data.datasets import load_split
+    from monai_denoiseg.engines.evaluation import evaluate_prediction
+
+    kw = dict(exp.noisy_input)
+    kw = {**kw, "path": DATA / kw["path"], **({"label_path": DATA / kw["label_path"]} if "label_path" in kw else {})}
+    split = load_split(cache_dir=ROOT / "bundles" / exp.bundle / "data" / "noisy_cache", keys=("noisy", "clean"), **kw)
+    m = evaluate_prediction({"coarse": split["noisy"][None] / 255.0}, clean=split["clean"] / 255.0)
+    return {"psnr": m["psnr_coarse"], "ssim": m["ssim_coarse"]}
 
 
 def markdown_table(result: dict, columns) -> str:
@@ -209,8 +229,43 @@ def markdown_table(result: dict, columns) -> str:
             v = np.array([m[col] for m in seeds.values() if m.get(col) is not None], dtype=float)
             v = v[np.isfinite(v)]
             cells.append("-" if v.size == 0 else f"{v.mean():.4f} ± {v.std(ddof=1):.4f}" if v.size > 1 else f"{v[0]:.4f}")
-        lines.append(f"| {row} | {len(seeds)} | " + " | ".join(cells) + " |")
+        n = "-" if "-" in seeds else len(seeds)
+        lines.append(f"| {row} | {n} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
+
+
+LOWER_IS_BETTER = {"voi", "voi_split", "voi_merge", "arand"}
+
+
+def comparison(result: dict, reference: str, columns) -> str:
+    """``reference`` against every other row: the difference of means, signed so that > 0 means the
+    reference is better, beside the largest seed standard deviation of the two rows (the noise floor)."""
+    rows = result["rows"]
+    if reference not in rows:
+        return ""
+
+    def stats(row, col):
+        v = np.array([m[col] for m in rows[row].values() if m.get(col) is not None], dtype=float)
+        v = v[np.isfinite(v)]
+        return (v.mean(), v.std(ddof=1) if v.size > 1 else np.nan, v.size) if v.size else None
+
+    out = [f"| {reference} vs | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for row in rows:
+        if row == reference:
+            continue
+        cells = []
+        for col in columns:
+            a, b = stats(reference, col), stats(row, col)
+            if a is None or b is None:
+                cells.append("-")
+                continue
+            gain = (b[0] - a[0]) if col in LOWER_IS_BETTER else (a[0] - b[0])
+            noise = np.nanmax([a[1], b[1]]) if np.isfinite([a[1], b[1]]).any() else np.nan
+            verdict = "" if not np.isfinite(noise) else (" (wins)" if gain > noise else " (loses)" if gain < -noise
+                                                        else " (within seed noise)")
+            cells.append(f"{gain:+.4f} / {noise:.4f}{verdict}" if np.isfinite(noise) else f"{gain:+.4f} / n=1")
+        out.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def main(argv=None) -> int:
@@ -243,7 +298,9 @@ def main(argv=None) -> int:
     else:
         for n in names:
             r = collect(n)
-            print(f"## {n}\n{r['description']}\n\n" + markdown_table(r, EXPERIMENTS[n].columns))
+            cols = EXPERIMENTS[n].columns
+            ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
+            print(f"## {n}\n{r['description']}\n\n" + markdown_table(r, cols) + "\n" + comparison(r, ref, cols))
     return 0
 
 

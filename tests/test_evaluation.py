@@ -298,6 +298,9 @@ def test_evaluate_prediction_binary_task(lucchi, rng):
     assert set(m) == {"iou", "f1", "instances"} and m["instances"].dtype == np.uint64
     vol = evaluate_prediction(pred, labels=mito, binary_key="mito_prob", per="volume")
     assert vol["iou"] == pytest.approx((p & gt).sum() / (p | gt).sum(), abs=1e-6)
+    alone = evaluate_prediction({"coarse": prob[None]}, clean=prob, labels=mito, binary_key="mito_prob",
+                                return_instances=True)  # a denoiser alone: image metrics, nothing segmented
+    assert set(alone) == {"psnr_coarse", "ssim_coarse", "instances"} and alone["instances"] is None
 
 
 # ------------------------------------------------------------------------------------------------ output

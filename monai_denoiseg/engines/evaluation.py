@@ -320,6 +320,8 @@ def evaluate_prediction(
             metrics[f"psnr_{name}"], metrics[f"ssim_{name}"] = _image_metrics(img[0], ref, per)
     instances = None
     if binary_key is not None:
+        if pred.get(binary_key) is None:  # a denoiser alone segments nothing
+            return {**metrics, "instances": None} if return_instances else metrics
         prob = _channels_4d(pred[binary_key], binary_key)
         if prob.shape[0] != 1:
             raise ValueError(f"{binary_key}: expected a 1-channel probability, got shape {prob.shape}.")
