@@ -274,6 +274,7 @@ def main(argv=None) -> int:
     p.add_argument("experiments", nargs="*")
     p.add_argument("--only", nargs="*", help="rows to run (default: all of the experiment)")
     p.add_argument("--seeds", nargs="*", type=int, help="seeds to run (default: the experiment's)")
+    p.add_argument("--update-docs", action="store_true", help="report: refresh the tables in docs/results.md")
     a = p.parse_args(argv)
     names = a.experiments or list(EXPERIMENTS)
     if a.action == "list":
@@ -295,13 +296,30 @@ def main(argv=None) -> int:
                     print(f"{n} {row} seed{seed}: " + ", ".join(f"{c}={m.get(c)}" for c in exp.columns)
                           + f" ({time.time() - t0:.0f} s)", flush=True)
                 collect(n)
-    else:
+    elif a.action == "report":
+        tables = {}
         for n in names:
             r = collect(n)
             cols = EXPERIMENTS[n].columns
             ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
-            print(f"## {n}\n{r['description']}\n\n" + markdown_table(r, cols) + "\n" + comparison(r, ref, cols))
+            tables[n] = markdown_table(r, cols) + "\n" + comparison(r, ref, cols)
+            print(f"## {n}\n{r['description']}\n\n" + tables[n])
+        if a.update_docs:
+            update_docs(tables)
     return 0
+
+
+def update_docs(tables: dict[str, str], doc: Path = ROOT / "docs" / "results.md") -> None:
+    """Replace the text between ``<!-- table:<name> -->`` and ``<!-- /table:<name> -->`` in ``doc``."""
+    if not doc.is_file():
+        return
+    text = doc.read_text()
+    for name, table in tables.items():
+        start, end = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
+        if start in text and end in text:
+            head, rest = text.split(start, 1)
+            text = head + start + "\n" + table + rest[rest.index(end):]
+    doc.write_text(text)
 
 
 if __name__ == "__main__":

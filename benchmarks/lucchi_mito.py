@@ -126,7 +126,9 @@ def main(argv=None) -> int:
     ex.RESULTS.mkdir(parents=True, exist_ok=True)
     (ex.RESULTS / f"{NAME}_denoisers.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     cols = ("psnr", "ssim", "iou_clean_segmenter", "f1_clean_segmenter", "iou_joint_segmenter", "f1_joint_segmenter")
-    print(ex.markdown_table(result, cols))
+    table = ex.markdown_table(result, cols)
+    print(table)
+    ex.update_docs({f"{NAME}_denoisers": table})
     return 0
 
 
