@@ -304,9 +304,51 @@ def main(argv=None) -> int:
             ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
             tables[n] = markdown_table(r, cols) + "\n" + comparison(r, ref, cols)
             print(f"## {n}\n{r['description']}\n\n" + tables[n])
+            if a.update_docs:
+                metric_figure(n, r, [c for c in cols if c not in ("voi_split", "voi_merge")])
         if a.update_docs:
             update_docs(tables)
     return 0
+
+
+FIGURES = ROOT / "docs" / "figures"
+PANELS = FIGURES / "panels"  # git-ignored: they render the datasets' pixels, which the repository never stores
+
+
+def metric_figure(name: str, result: dict, columns) -> Path:
+    """Bars of mean +- seed standard deviation per row, one panel per metric (``docs/figures/<name>.png``),
+    and a copy of each row's seed-0 test panel (Fig. 2-style) into the git-ignored ``docs/figures/panels/``."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [r for r in result["rows"] if r != "noisy input"]
+    fig = Figure(figsize=(3.2 * len(columns), 3.2))
+    FigureCanvasAgg(fig)
+    for i, col in enumerate(columns):
+        ax = fig.add_subplot(1, len(columns), i + 1)
+        means, stds, labels = [], [], []
+        for row in rows:
+            v = np.array([m[col] for m in result["rows"][row].values() if m.get(col) is not None], dtype=float)
+            v = v[np.isfinite(v)]
+            if v.size:
+                labels.append(row)
+                means.append(v.mean())
+                stds.append(v.std(ddof=1) if v.size > 1 else 0.0)
+        ax.bar(range(len(means)), means, yerr=stds, capsize=3,
+               color=["tab:red" if lab.endswith("joint") or lab == "joint" else "tab:gray" for lab in labels])
+        ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=7)
+        ax.set_title(col + (" (lower is better)" if col in LOWER_IS_BETTER else ""), fontsize=9)
+    fig.suptitle(f"{name}: mean +- std over seeds (test split)", fontsize=10)
+    fig.tight_layout()
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = FIGURES / f"{name}.png"
+    fig.savefig(out, dpi=80)
+    for row in rows:
+        panel = run_dir(name, row, 0) / "test" / "figure_test_epoch1.png"
+        if panel.is_file():
+            PANELS.mkdir(parents=True, exist_ok=True)
+            (PANELS / f"{name}_{panel.parent.parent.name}.png").write_bytes(panel.read_bytes())
+    return out
 
 
 def update_docs(tables: dict[str, str], doc: Path = ROOT / "docs" / "results.md") -> None:

@@ -31,7 +31,7 @@ from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volum
 
 NAME = "lucchi_mito"
 BUNDLE = ex.ROOT / "bundles" / "lucchi_mito_n2v"
-FIGURE = ex.ROOT / "docs" / "figures" / "lucchi_mito_denoisers.png"
+FIGURE = ex.PANELS / "lucchi_mito_denoisers.png"  # git-ignored: it shows the dataset's pixels
 
 
 def _net(run: Path):
