@@ -190,7 +190,7 @@ def collect(name: str) -> dict:
     exp = EXPERIMENTS[name]
     table: dict[str, dict[str, dict]] = {}
     for row in exp.rows:
-        for seed in exp.seeds_of(row):
+        for seed in sorted(set(exp.seeds) | set(exp.seeds_of(row))):
             f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
             if f.is_file():
                 info = run_dir(name, row, seed) / "run.json"
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
             exp = EXPERIMENTS[n]
             for seed in a.seeds or exp.seeds:  # seed-major: every row gets a first seed before any gets a third
                 for row in a.only or exp.rows:
-                    if seed not in exp.seeds_of(row):
+                    if seed not in exp.seeds_of(row) and not (a.only and a.seeds):  # explicit rows and seeds: run them
                         continue
                     t0 = time.time()
                     try:

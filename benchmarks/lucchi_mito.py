@@ -3,7 +3,8 @@
 Runs (or reuses) the ``lucchi_mito`` rows of ``experiments.py`` (a segmenter trained on clean images; for
 sigma 10 / 25 / 50 Noise2Void alone and N2V + segmenter end to end), then on the test split:
 
-- (a) the clean-trained segmenter applied to each denoised result: the noisy input itself, BM3D (``bm3d``
+- (a) the clean-trained segmenter applied to each denoised result: the clean image (its ceiling), the
+  noisy input itself, BM3D (``bm3d``
   from PyPI, given the true sigma, an oracle advantage), Noise2Void alone, the end-to-end denoiser;
 - (b) the jointly trained segmenter on its own denoiser's output (from the run's test metrics);
 - PSNR / SSIM of every image against the clean one.
@@ -67,7 +68,7 @@ def evaluate_seed(seed: int) -> dict:
     for sigma in ex.LUCCHI_SIGMAS:
         split = _test_split(sigma)
         noisy, clean, label = split["noisy"] / 255.0, split["clean"] / 255.0, split["label"]
-        images = {"noisy": noisy.astype(np.float32)}
+        images = {"clean": clean.astype(np.float32), "noisy": noisy.astype(np.float32)}  # clean: the segmenter's ceiling
         try:
             t0 = time.time()
             images["bm3d"] = _bm3d(images["noisy"], sigma / 255.0)
@@ -85,7 +86,7 @@ def evaluate_seed(seed: int) -> dict:
                                              "iou_clean_segmenter": m["iou"], "f1_clean_segmenter": m["f1"]}
         joint = ex._summary(ex.run_dir(NAME, f"n2v_joint_supervised/sigma{sigma}", seed) / "test" / "metrics_test_epoch1.json")
         out[f"n2v_joint_supervised/sigma{sigma}"].update(iou_joint_segmenter=joint["iou"], f1_joint_segmenter=joint["f1"])
-        panels[sigma] = ({k: v[0] for k, v in images.items()}, clean[0], label[0])
+        panels[sigma] = ({k: v[0] for k, v in images.items() if k != "clean"}, clean[0], label[0])
     _figure(panels)
     return out
 

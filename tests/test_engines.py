@@ -139,3 +139,15 @@ def test_bad_strategy_and_missing_inputs_are_clear(loader):
     with pytest.raises(ValueError, match="clean"):
         trainer.step({k: v for k, v in next(iter(loader)).items() if k != "clean"}, get_strategy("joint"),
                      trainer.optimizer, 0)
+
+
+def test_evaluator_feeds_each_strategy_the_image_it_trains_on(split):
+    vol = {k: v[:2, :64, :64] for k, v in split.items()}
+    net = tiny_net()
+    on_clean = DenoiSegEvaluator("cpu", vol, net, "seg_clean", roi_size=(64, 64))
+    on_clean.run()
+    as_noisy = DenoiSegEvaluator("cpu", {**vol, "noisy": vol["clean"]}, net, "seg_only", roi_size=(64, 64))
+    as_noisy.run()
+    assert on_clean.state.metrics["voi"] == as_noisy.state.metrics["voi"]
+    with pytest.raises(KeyError, match="clean: strategy 'seg_clean' reads it"):
+        DenoiSegEvaluator("cpu", {"noisy": vol["noisy"], "label": vol["label"]}, net, "seg_clean", roi_size=(64, 64)).run()

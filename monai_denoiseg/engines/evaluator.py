@@ -41,7 +41,8 @@ class DenoiSegEvaluator(Evaluator):
         device: device of the inference.
         volumes: a split dict ``{"noisy", "clean"?, "label"?}`` of uint8 / id (Z, Y, X) arrays, or a list.
         network: the joint network.
-        strategy: whose stages run (e.g. ``"seg_only"`` runs the segmenter on the noisy image).
+        strategy: whose stages run, on the image it trains on (``"seg_only"``: the segmenter on the noisy image,
+            ``"seg_clean"``: on the clean one).
         offsets: affinity offsets of the segmenter's channels (2-D: evaluated per slice; 3-D: per volume);
             None for a binary task (``binary_key``).
         roi_size: sliding-window size (2-D (H, W) or 3-D (D, H, W)); overlap and blending as
@@ -95,7 +96,10 @@ class DenoiSegEvaluator(Evaluator):
             handler.attach(self)
 
     def _iteration(self, engine, volume: Mapping[str, np.ndarray]) -> dict:
-        noisy = torch.as_tensor(np.asarray(volume["noisy"], dtype=np.float32) / 255.0)
+        source = "clean" if self.strategy.input == "clean" else "noisy"  # seg_clean segments clean images
+        if source not in volume:
+            raise KeyError(f"{source}: strategy {self.strategy.name!r} reads it, the volume has {sorted(volume)}.")
+        noisy = torch.as_tensor(np.asarray(volume[source], dtype=np.float32) / 255.0)
         stages = self.strategy.stages
 
         def chain(x: torch.Tensor) -> dict[str, torch.Tensor]:
