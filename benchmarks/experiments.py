@@ -202,8 +202,9 @@ def collect(name: str) -> dict:
         table["noisy input"] = {"-": _noisy_input_metrics(exp)}
     result = {"experiment": name, "bundle": exp.bundle, "description": exp.description, "scale": exp.scale,
               "configs": list(exp.configs), "rows": table}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
+    if table:  # nothing finished yet: no file
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     return result
 
 
@@ -302,9 +303,10 @@ def main(argv=None) -> int:
             r = collect(n)
             cols = EXPERIMENTS[n].columns
             ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
-            tables[n] = markdown_table(r, cols) + "\n" + comparison(r, ref, cols)
+            tables[n] = (markdown_table(r, cols) + "\n" + comparison(r, ref, cols)) if r["rows"] else \
+                "*(no finished run yet)*\n"
             print(f"## {n}\n{r['description']}\n\n" + tables[n])
-            if a.update_docs:
+            if a.update_docs and r["rows"]:
                 metric_figure(n, r, [c for c in cols if c not in ("voi_split", "voi_merge")])
         if a.update_docs:
             update_docs(tables)
