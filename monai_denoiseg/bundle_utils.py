@@ -71,8 +71,11 @@ def locate_data(filename: str, data_dir: str | None = None, bundle_root: str | N
 
 def split_keys(strategy: str, split: str = "train", noise: str | None = "synthetic") -> tuple[str, ...]:
     """Keys a split loads: training under a Noise2Void strategy never loads the clean image, and with
-    real noise (``noise=None``: the raw image is the noisy input) there is no clean image to load."""
-    if noise is None or (split == "train" and not get_strategy(strategy).needs_clean):
+    real noise (``noise=None``: the raw image is the noisy input) there is no clean image to load.
+    A strategy whose pretraining stage needs it (Sequential pretrains its denoiser with DN-only) loads it."""
+    s = get_strategy(strategy)
+    needs_clean = s.needs_clean or any(get_strategy(p).needs_clean for p in s.pretrain.values())
+    if noise is None or (split == "train" and not needs_clean):
         return ("noisy", "label")
     return ("noisy", "clean", "label")
 

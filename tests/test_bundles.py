@@ -224,3 +224,20 @@ def test_affinity_bundles_share_the_medulla_bundles_workflow(name):
     """Bundles are self-contained (Model Zoo zips), so their configs repeat one workflow: keep it one."""
     for config in ("train.yaml", "evaluate.yaml", "multi_gpu_train.yaml"):
         assert _body(name, config) == _body(NAMES[0], config), f"{name}/configs/{config} drifted from {NAMES[0]}"
+
+
+def test_split_keys_load_clean_images_only_where_a_stage_trains_on_them():
+    from monai_denoiseg.bundle_utils import split_keys
+
+    assert "clean" in split_keys("sequential", "train")  # its denoiser is pretrained with DN-only
+    assert "clean" in split_keys("dms", "train") and "clean" in split_keys("joint", "train")
+    for name in ("n2v_only", "n2v_joint_supervised", "n2v_joint_unsupervised", "n2v_joint_iem"):
+        assert "clean" not in split_keys(name, "train") and "clean" in split_keys(name, "val")
+    assert split_keys("joint", "val", noise=None) == ("noisy", "label")  # real noise: there is none
+
+
+def test_sequential_pretrains_its_denoiser_inside_the_bundle(tmp_path):
+    name = NAMES[0]
+    run_bundle(name, "training", ["train.yaml"], tmp_path, *overrides(name, strategy="sequential",
+                                                                      pretrain_iterations="1"))
+    assert (tmp_path / "out" / "pretrained_denoiser.pt").is_file() and (tmp_path / "models" / "model_sequential.pt").is_file()
