@@ -15,6 +15,7 @@ sigma 10 / 25 / 50 Noise2Void alone and N2V + segmenter end to end), then on the
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import sys
 import time
@@ -43,7 +44,7 @@ def _net(run: Path):
 
 def _test_split(sigma: int) -> dict[str, np.ndarray]:
     scale = ex.EXPERIMENTS[NAME].scale
-    splits = eval(scale["splits"])  # a literal dict of the runner's own table
+    splits = ast.literal_eval(scale["splits"])  # the runner's own literal dict
     return load_split(ex.DATA / "lucchi_pp" / "test-input.tif", splits["test"], raw_key=None, label_key=None,
                       label_path=ex.DATA / "lucchi_pp" / "test-labels.tif", noise="gaussian",
                       noise_params={"sigma_range": [sigma, sigma]}, crop=json.loads(scale["crop"]),
