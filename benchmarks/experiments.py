@@ -185,10 +185,18 @@ def _summary(metrics_file: Path) -> dict:
     return m
 
 
+def recorded(name: str) -> dict[str, dict[str, dict]]:
+    """The rows already in ``results/<name>.json`` (the record a fresh checkout starts from)."""
+    f = RESULTS / f"{name}.json"
+    return json.loads(f.read_text())["rows"] if f.is_file() else {}
+
+
 def collect(name: str) -> dict:
-    """Every finished run of an experiment: ``{row: {seed: metrics}}``, written to ``results/<name>.json``."""
+    """Every finished run of an experiment, over the recorded ones: ``{row: {seed: metrics}}``, written to
+    ``results/<name>.json``. Runs live in the git-ignored ``runs/``, so a new checkout has none: recorded
+    results are kept, never dropped because their run directory is gone."""
     exp = EXPERIMENTS[name]
-    table: dict[str, dict[str, dict]] = {}
+    table = {row: seeds for row, seeds in recorded(name).items() if row in exp.rows}
     for row in exp.rows:
         for seed in sorted(set(exp.seeds) | set(exp.seeds_of(row))):
             f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
@@ -287,6 +295,8 @@ def main(argv=None) -> int:
             for seed in a.seeds or exp.seeds:  # seed-major: every row gets a first seed before any gets a third
                 for row in a.only or exp.rows:
                     if seed not in exp.seeds_of(row) and not (a.only and a.seeds):  # explicit rows and seeds: run them
+                        continue
+                    if str(seed) in recorded(n).get(row, {}):  # in results/ from an earlier sitting
                         continue
                     t0 = time.time()
                     try:
