@@ -93,10 +93,14 @@ EXPERIMENTS: dict[str, Experiment] = {
                     "medulla_2d's joint (which needs clean images).",
     ),
     "medulla_real_noise": Experiment(
-        "medulla_fibsem_denoiseg", rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"), seeds=(0,),
-        columns=("voi_split", "voi_merge", "voi", "arand"),
+        "medulla_fibsem_denoiseg",
+        {**rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"),
+         "n2v_joint_supervised+unlabelled": {"strategy": "n2v_joint_supervised", "noise": "$None",
+                                             "unlabelled_key": "volumes/raw_unlabelled"}},
+        seeds=(0,), columns=("voi_split", "voi_merge", "voi", "arand"),
         description="Real noise: the medulla raw as acquired (no synthetic noise, no clean image); "
-                    "segmentation only, and the Noise2Void joint strategies.",
+                    "segmentation only, and the Noise2Void joint strategies; '+unlabelled': half of the "
+                    "training items are patches of the second, unannotated cube (N2V loss only).",
     ),
     "medulla_3d": Experiment(
         "medulla_fibsem_denoiseg", rows("joint"), seeds=(0,), configs=("train.yaml", "train_3d.yaml"),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from monai_denoiseg.engines.strategies import get_strategy
 
-__all__ = ["find_bundle_root", "locate_data", "split_keys", "selection_metric", "resolve_device", "rank_zero_only"]
+__all__ = ["find_bundle_root", "locate_data", "split_keys", "load_unlabelled", "selection_metric", "resolve_device", "rank_zero_only"]
 
 DATA_ENV = "MONAI_DENOISEG_DATA"
 
@@ -78,6 +78,21 @@ def split_keys(strategy: str, split: str = "train", noise: str | None = "synthet
     if noise is None or (split == "train" and not needs_clean):
         return ("noisy", "label")
     return ("noisy", "clean", "label")
+
+
+def load_unlabelled(key: str | None, strategy: str, path, **split_kwargs) -> dict | None:
+    """The noisy-only volume ``key`` of ``path`` (all of it, e.g. medulla's ``volumes/raw_unlabelled``) for
+    :class:`~monai_denoiseg.data.datasets.PatchDataset`'s ``unlabelled``, with the noise of the labelled
+    splits (``split_kwargs``: :func:`load_split`'s noise, crop and cache arguments); None when ``key`` is None."""
+    if key is None:
+        return None
+    s = get_strategy(strategy)
+    if not s.uses_blind_spots:
+        raise ValueError(f"unlabelled_key: {key!r} given, but strategy {strategy!r} has no Noise2Void term to learn "
+                         "from images without labels; use an n2v_* strategy or unlabelled_key: null.")
+    from monai_denoiseg.data.datasets import load_split
+
+    return load_split(path, raw_key=key, label_key=None, keys=("noisy",), **split_kwargs)
 
 
 def selection_metric(strategy: str, binary: bool = False) -> tuple[str, bool]:

@@ -241,3 +241,17 @@ def test_sequential_pretrains_its_denoiser_inside_the_bundle(tmp_path):
     run_bundle(name, "training", ["train.yaml"], tmp_path, *overrides(name, strategy="sequential",
                                                                       pretrain_iterations="1"))
     assert (tmp_path / "out" / "pretrained_denoiser.pt").is_file() and (tmp_path / "models" / "model_sequential.pt").is_file()
+
+
+def test_medulla_bundle_self_supervises_on_the_unlabelled_cube(tmp_path):
+    name, cube = NAMES[0], {"unlabelled_key": "volumes/raw_unlabelled", "unlabelled_fraction": "0.5"}
+    p = parser(name, strategy="n2v_joint_supervised", output_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"), **cube)
+    dataset = p.get_parsed_content("train#dataset")
+    assert dataset.unlabelled[1] == (250, 250, 250)  # the whole second cube: it is in no split
+    batch = next(iter(p.get_parsed_content("train#dataloader")))
+    assert batch["labelled"].shape == (4, 1) and "clean" not in batch
+    for strategy in ("seg_only", "joint"):  # no N2V term: an unlabelled cube teaches them nothing
+        with pytest.raises(RuntimeError) as err:  # MONAI wraps the ValueError of the component
+            parser(name, strategy=strategy, output_dir=str(tmp_path), cache_dir=str(tmp_path / "cache"),
+                   **cube).get_parsed_content("train#dataset")
+        assert isinstance(err.value.__cause__, ValueError) and "no Noise2Void term" in str(err.value.__cause__)

@@ -35,3 +35,46 @@ def test_load_split_from_tiff_stacks_with_labels_in_their_own_file():
     assert {k: v.shape for k, v in split.items()} == dict.fromkeys(("noisy", "clean", "label"), (5, 512, 512))
     np.testing.assert_array_equal(split["label"], tifffile.imread(data_path("isbi2012", "train-labels.tif"))[25:30])
     assert not np.array_equal(split["noisy"], split["clean"])
+
+
+def _unlabelled_case(fraction=0.5):
+    from monai_denoiseg.data.datasets import PatchDataset
+
+    labelled = load_split(data_path("medulla_fibsem.h5"), (0, 4), keys=("noisy", "label"), crop=(64, 64))
+    cube = load_split(data_path("medulla_fibsem.h5"), (0, 4), raw_key="volumes/raw_unlabelled", label_key=None,
+                      keys=("noisy",), crop=(64, 64))["noisy"]
+    ds = PatchDataset(labelled, (32, 32), 400, seed=1, unlabelled={"noisy": cube}, unlabelled_fraction=fraction)
+    return ds, labelled, cube
+
+
+def test_unlabelled_items_come_from_the_second_cube_at_the_asked_rate():
+    ds, labelled, cube = _unlabelled_case(0.3)
+    windows = {"labelled": np.lib.stride_tricks.sliding_window_view(labelled["noisy"], (1, 32, 32)),
+               "unlabelled": np.lib.stride_tricks.sliding_window_view(cube, (1, 32, 32))}
+    flags = []
+    for i in range(len(ds)):
+        item = ds[i]
+        flags.append(float(item["labelled"][0]))
+        if i < 20:  # the patch is a window of the volume its flag names (checked by brute force), labels 0 there
+            source = "labelled" if flags[-1] else "unlabelled"
+            patch = (item["noisy"].numpy() * 255).round().astype(np.uint8)
+            assert (windows[source] == patch).all(axis=(-3, -2, -1)).any(), (i, source)
+            assert (item["label"] == 0).all().item() == (source == "unlabelled")  # medulla has no label 0 here
+    # 400 Bernoulli(0.3) draws: the unlabelled share lies within 4 standard deviations of 0.3
+    assert abs((1 - np.mean(flags)) - 0.3) < 4 * np.sqrt(0.3 * 0.7 / 400)
+    first, again = ds[7], ds[7]  # reproducible per (seed, epoch, index)
+    assert all(bool((first[k] == again[k]).all()) for k in first)
+
+
+def test_unlabelled_data_refuses_what_it_cannot_provide():
+    from monai_denoiseg.data.datasets import PatchDataset
+
+    _, labelled, cube = _unlabelled_case()
+    with pytest.raises(ValueError, match="clean"):  # supervised strategies: an unlabelled cube has no clean image
+        PatchDataset({**labelled, "clean": labelled["noisy"]}, (32, 32), 4, unlabelled={"noisy": cube})
+    with pytest.raises(ValueError, match="unlabelled_fraction"):
+        PatchDataset(labelled, (32, 32), 4, unlabelled={"noisy": cube}, unlabelled_fraction=1.5)
+    with pytest.raises(ValueError, match=r"unlabelled: expected \(Z, Y, X\)"):
+        PatchDataset(labelled, (32, 32), 4, unlabelled={"noisy": cube[0]})
+    with pytest.raises(ValueError, match="does not fit in the unlabelled shape"):
+        PatchDataset(labelled, (32, 32), 4, unlabelled={"noisy": cube[:, :16, :16]})

@@ -151,3 +151,20 @@ def test_evaluator_feeds_each_strategy_the_image_it_trains_on(split):
     assert on_clean.state.metrics["voi"] == as_noisy.state.metrics["voi"]
     with pytest.raises(KeyError, match="clean: strategy 'seg_clean' reads it"):
         DenoiSegEvaluator("cpu", {"noisy": vol["noisy"], "label": vol["label"]}, net, "seg_clean", roi_size=(64, 64)).run()
+
+
+def test_unlabelled_items_train_the_denoiser_but_not_the_segmentation_loss(loader):
+    """The seg term is the weighted BCE over the labelled item only; the N2V term covers both (hand-computed)."""
+    batch = dict(next(iter(loader)))
+    batch["labelled"] = torch.tensor([[1.0], [0.0]])
+    batch["affinity"][1] = 1 - batch["affinity"][1]  # garbage target on the unlabelled item: must not count
+    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "n2v_joint_supervised")
+    out = trainer.step(batch, trainer.strategy, trainer.optimizer, iteration=0)
+    logits, target = out["pred"]["affinity"][:1], batch["affinity"][:1]
+    w, m = batch["affinity_weight"][:1], batch["affinity_mask"][:1]
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    assert out["terms"]["seg"] == pytest.approx(float((w * bce * m).sum() / m.sum()), rel=1e-5)
+    blind, coarse = out["blind_spots"], out["pred"]["coarse"]
+    assert blind[1].sum() > 0
+    n2v = ((coarse - batch["noisy"]) ** 2 * blind).sum() / blind.sum()
+    assert out["terms"]["n2v_c"] == pytest.approx(float(n2v), rel=1e-5)

@@ -208,6 +208,11 @@ class PatchDataset(torch.utils.data.Dataset):
         transform: dictionary transform applied to each (1, *patch) item, e.g. :func:`train_transforms`;
             it is reseeded per item.
         seed: base seed; call :meth:`set_epoch` at each epoch start (the trainer does).
+        unlabelled: noisy-only (Z, Y, X) volumes (e.g. a second, unannotated cube) for the self-supervised
+            strategies: each item comes from them with probability ``unlabelled_fraction``, its label is
+            all zeros, and every item carries ``"labelled"`` (1.0 or 0.0, shape (1,)) so that the trainer
+            leaves unlabelled items out of the segmentation loss while the Noise2Void terms use them all
+            (the second paper trains its denoiser on every noisy image, its segmenter on the annotated ones).
     """
 
     def __init__(
@@ -218,24 +223,41 @@ class PatchDataset(torch.utils.data.Dataset):
         transform=None,
         seed: int = 0,
         image_keys: Sequence[str] = IMAGE_KEYS,
+        unlabelled: Mapping[str, np.ndarray] | None = None,
+        unlabelled_fraction: float = 0.5,
     ) -> None:
-        shapes = {k: np.shape(v) for k, v in volumes.items()}
-        if len(set(shapes.values())) != 1:
-            raise ValueError(f"volumes: expected one shape for every key, got {shapes}.")
-        shape = next(iter(shapes.values()))
-        if len(shape) != 3:
-            raise ValueError(f"volumes: expected (Z, Y, X) arrays, got shapes {shapes}.")
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) not in (2, 3):
             raise ValueError(f"patch_size: expected (H, W) or (D, H, W), got {patch_size!r}.")
-        if any(p > s for p, s in zip(self.patch_size[::-1], shape[::-1])):
-            raise ValueError(f"patch_size: {self.patch_size} does not fit in the volume shape {shape}.")
         if samples_per_epoch < 1:
             raise ValueError(f"samples_per_epoch: expected >= 1, got {samples_per_epoch}.")
-        self.volumes, self.shape = dict(volumes), shape
+        self.volumes, self.shape = dict(volumes), self._check_volumes("volumes", volumes)
         self.samples_per_epoch, self.transform, self.seed = int(samples_per_epoch), transform, int(seed)
         self.image_keys = tuple(k for k in image_keys if k in volumes)
+        self.unlabelled, self.unlabelled_fraction = None, float(unlabelled_fraction)
+        if unlabelled is not None:
+            if not 0.0 <= self.unlabelled_fraction <= 1.0:
+                raise ValueError(f"unlabelled_fraction: expected a probability in [0, 1], got {unlabelled_fraction}.")
+            missing = [k for k in self.image_keys if k not in unlabelled]
+            if missing:
+                raise ValueError(f"unlabelled: has keys {sorted(unlabelled)}, but every item needs the images "
+                                 f"{missing} (only strategies that never read the clean image can use unlabelled data).")
+            shape = self._check_volumes("unlabelled", {k: unlabelled[k] for k in self.image_keys})
+            zeros = {k: np.broadcast_to(np.zeros((), np.asarray(v).dtype), shape)  # labels: zeros, no memory
+                     for k, v in self.volumes.items() if k not in self.image_keys}
+            self.unlabelled = ({**{k: unlabelled[k] for k in self.image_keys}, **zeros}, shape)
         self.epoch = 0
+
+    def _check_volumes(self, name: str, volumes: Mapping[str, np.ndarray]) -> tuple[int, ...]:
+        shapes = {k: np.shape(v) for k, v in volumes.items()}
+        if len(set(shapes.values())) != 1:
+            raise ValueError(f"{name}: expected one shape for every key, got {shapes}.")
+        shape = next(iter(shapes.values()))
+        if len(shape) != 3:
+            raise ValueError(f"{name}: expected (Z, Y, X) arrays, got shapes {shapes}.")
+        if any(p > s for p, s in zip(self.patch_size[::-1], shape[::-1])):
+            raise ValueError(f"patch_size: {self.patch_size} does not fit in the {name} shape {shape}.")
+        return shape
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -245,11 +267,16 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        volumes, shape, labelled = self.volumes, self.shape, None
+        if self.unlabelled is not None:
+            labelled = rng.random() >= self.unlabelled_fraction
+            if not labelled:
+                volumes, shape = self.unlabelled
         full = (1,) * (3 - len(self.patch_size)) + self.patch_size
-        start = [int(rng.integers(0, s - p + 1)) for s, p in zip(self.shape, full)]
+        start = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, full)]
         roi = tuple(slice(a, a + p) for a, p in zip(start, full))
         item = {}
-        for key, vol in self.volumes.items():
+        for key, vol in volumes.items():
             patch = np.asarray(vol[roi]).reshape((1,) + self.patch_size)  # (1, *patch): channel first
             if key in self.image_keys:
                 item[key] = torch.from_numpy(patch.astype(np.float32) / 255.0)
@@ -258,4 +285,6 @@ class PatchDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             self.transform.set_random_state(seed=int(rng.integers(2**31)))
             item = self.transform(item)
+        if labelled is not None:
+            item["labelled"] = torch.tensor([float(labelled)])
         return {k: torch.as_tensor(v).as_subclass(torch.Tensor) for k, v in item.items()}

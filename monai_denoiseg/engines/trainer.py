@@ -111,6 +111,8 @@ class DenoiSegTrainer(SupervisedTrainer):
     Batches are dicts with ``"noisy"`` (B, 1, *spatial) in [0, 1], ``"clean"`` (not needed, and
     never read, by the Noise2Void strategies) and the segmentation target under ``seg_target_keys``
     (target, weight, mask; weight and mask may be None), by default the affinity transform's keys.
+    An optional ``"labelled"`` (B, 1) flag (:class:`~monai_denoiseg.data.datasets.PatchDataset` with
+    ``unlabelled`` volumes) keeps items without annotation out of the segmentation loss.
 
     Args:
         device, max_epochs, train_data_loader, epoch_length, train_handlers: as SupervisedTrainer.
@@ -291,6 +293,10 @@ class DenoiSegTrainer(SupervisedTrainer):
         torch.manual_seed((self.seed * 1_000_003 + iteration) % 2**63)
         image, blind = self.chain_input(batch, strategy, iteration)
         target, weight, mask = (batch.get(k) if k else None for k in self.seg_target_keys)
+        labelled = batch.get("labelled")
+        if labelled is not None and target is not None:  # unlabelled items: in the N2V terms, not in the seg term
+            flags = labelled.reshape(-1, *(1,) * (target.ndim - 1)).to(target.dtype)
+            mask = flags * (mask if mask is not None else torch.ones_like(target))
         self.network.train()
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
