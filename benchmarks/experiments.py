@@ -88,7 +88,7 @@ EXPERIMENTS: dict[str, Experiment] = {
                     "the paper's Table 2, right half.",
     ),
     "medulla_n2v": Experiment(
-        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"), seeds=(0,),
+        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"),
         description="Experiment 1's synthetic noise without clean images: the Noise2Void strategies beside "
                     "medulla_2d's joint (which needs clean images).",
     ),
@@ -97,7 +97,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         {**rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"),
          "n2v_joint_supervised+unlabelled": {"strategy": "n2v_joint_supervised", "noise": "$None",
                                              "unlabelled_key": "volumes/raw_unlabelled"}},
-        seeds=(0,), columns=("voi_split", "voi_merge", "voi", "arand"),
+        columns=("voi_split", "voi_merge", "voi", "arand"),
         description="Real noise: the medulla raw as acquired (no synthetic noise, no clean image); "
                     "segmentation only, and the Noise2Void joint strategies; '+unlabelled': half of the "
                     "training items are patches of the second, unannotated cube (N2V loss only).",
@@ -202,7 +202,9 @@ def collect(name: str) -> dict:
     exp = EXPERIMENTS[name]
     table = {row: seeds for row, seeds in recorded(name).items() if row in exp.rows}
     for row in exp.rows:
-        for seed in sorted(set(exp.seeds) | set(exp.seeds_of(row))):
+        stem = run_dir(name, row, 0).name.removesuffix("0")  # every seed that ran, also those given with --seeds
+        for seed in sorted(int(d.name[len(stem):]) for d in run_dir(name, row, 0).parent.glob(f"{stem}*")
+                           if d.name[len(stem):].isdigit()):
             f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
             if f.is_file():
                 info = run_dir(name, row, seed) / "run.json"
