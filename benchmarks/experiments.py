@@ -195,6 +195,13 @@ def recorded(name: str) -> dict[str, dict[str, dict]]:
     return json.loads(f.read_text())["rows"] if f.is_file() else {}
 
 
+def seeds_run(name: str, row: str) -> list[int]:
+    """Every seed with a run directory for ``row``, also seeds given with ``--seeds`` beyond the default."""
+    stem = run_dir(name, row, 0).name.removesuffix("0")
+    tails = (d.name[len(stem):] for d in run_dir(name, row, 0).parent.glob(f"{stem}*"))
+    return sorted(int(t) for t in tails if t.isdigit())
+
+
 def collect(name: str) -> dict:
     """Every finished run of an experiment, over the recorded ones: ``{row: {seed: metrics}}``, written to
     ``results/<name>.json``. Runs live in the git-ignored ``runs/``, so a new checkout has none: recorded
@@ -202,9 +209,7 @@ def collect(name: str) -> dict:
     exp = EXPERIMENTS[name]
     table = {row: seeds for row, seeds in recorded(name).items() if row in exp.rows}
     for row in exp.rows:
-        stem = run_dir(name, row, 0).name.removesuffix("0")  # every seed that ran, also those given with --seeds
-        for seed in sorted(int(d.name[len(stem):]) for d in run_dir(name, row, 0).parent.glob(f"{stem}*")
-                           if d.name[len(stem):].isdigit()):
+        for seed in seeds_run(name, row):
             f = run_dir(name, row, seed) / "test" / "metrics_test_epoch1.json"
             if f.is_file():
                 info = run_dir(name, row, seed) / "run.json"
@@ -297,12 +302,12 @@ def main(argv=None) -> int:
             print(f"{n}: {e.bundle} rows={list(e.rows)} seeds={e.seeds}\n    {e.description}")
     elif a.action == "run":
         for n in names:
-            exp = EXPERIMENTS[n]
+            exp, done = EXPERIMENTS[n], recorded(n)  # rows in results/ from an earlier sitting are not rerun
             for seed in a.seeds or exp.seeds:  # seed-major: every row gets a first seed before any gets a third
                 for row in a.only or exp.rows:
                     if seed not in exp.seeds_of(row) and not (a.only and a.seeds):  # explicit rows and seeds: run them
                         continue
-                    if str(seed) in recorded(n).get(row, {}):  # in results/ from an earlier sitting
+                    if str(seed) in done.get(row, {}):
                         continue
                     t0 = time.time()
                     try:
