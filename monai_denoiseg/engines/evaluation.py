@@ -2,9 +2,9 @@
 
 Plain functions, to be wired into an evaluator (e.g. :class:`~monai_denoiseg.engines.evaluator.DenoiSegEvaluator`):
 
-- :func:`predict_volume`: sliding-window inference (MONAI ``SlidingWindowInferer``, Gaussian blending) of a
-  network returning a dict (or a tensor) over a whole stack, per 2-D slice or as one 3-D volume; every output
-  key is kept (MONAI's ``buffer_steps`` mode would keep only the first one, so it is never used).
+- :func:`predict_volume` (from :mod:`monai_denoiseg.inferers`, re-exported): sliding-window inference of a
+  network returning a dict (or a tensor) over an in-memory stack, whole or block by block with the blocks
+  and windows of the blockwise pipeline.
 - :func:`segment`: mutex-watershed instances of the predicted affinities (:class:`AffinityToInstances`).
 - :func:`evaluate_prediction`: the paper's metrics, PSNR/SSIM of the coarse and final images, VOI (split,
   merge, total, bits) and adapted Rand error of the instances, IoU/F1 for binary tasks.
@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import csv
 import json
-import numbers
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from monai.inferers import SlidingWindowInferer
 
+from monai_denoiseg.inferers import predict_volume
 from monai_denoiseg.metrics import (
     AdaptedRandErrorMetric,
     UnitRangePSNRMetric,
@@ -71,144 +70,10 @@ def _channels_4d(x, key: str) -> np.ndarray:
     return arr
 
 
-def _as_dict(out) -> dict[str, torch.Tensor]:
-    if isinstance(out, Mapping):
-        return dict(out)
-    if isinstance(out, torch.Tensor):
-        return {"pred": out}
-    if isinstance(out, Sequence):
-        return {str(i): o for i, o in enumerate(out)}
-    raise TypeError(f"network output: expected a dict, a tensor or a sequence of tensors, got {type(out).__name__}.")
-
-
-def _unaliased(out: dict[str, torch.Tensor], window: torch.Tensor) -> dict[str, torch.Tensor]:
-    """MONAI's blending multiplies every output by the importance map **in place** (``buffer *= w_t``): an
-    output sharing memory with another one (``JointDenoiSegNet``'s ``"denoised"`` *is* its ``"final"``) would
-    be weighted twice, and one sharing memory with the window (an identity head) would change the input.
-    Such outputs are copied."""
-    seen = {window.untyped_storage().data_ptr()}
-    for key, value in out.items():
-        if isinstance(value, torch.Tensor):
-            ptr = value.untyped_storage().data_ptr()
-            if ptr in seen:
-                out[key] = value = value.clone()
-                ptr = value.untyped_storage().data_ptr()
-            seen.add(ptr)
-    return out
-
-
-def _default_device(network) -> torch.device:
-    if isinstance(network, torch.nn.Module):
-        for p in network.parameters():
-            return p.device
-        for b in network.buffers():
-            return b.device
-    return torch.device("cpu")
-
-
 def _nanmean(values) -> float:
     vals = np.asarray(_to_numpy(values), dtype=np.float64).reshape(-1)
     vals = vals[~np.isnan(vals)]
     return float(vals.mean()) if vals.size else float("nan")
-
-
-# ------------------------------------------------------------------------------------------ inference
-def _blended(key: str, value: torch.Tensor) -> torch.Tensor:
-    """A blended ``*_prob`` output is a convex combination of probabilities: clamp the float32 rounding of
-    Gaussian blending (up to ~1e-3 past 1 at the window borders) back into [0, 1]."""
-    return value.clamp(0.0, 1.0) if key.endswith("_prob") else value
-
-
-def predict_volume(
-    network: torch.nn.Module | Callable[[torch.Tensor], Any],
-    noisy,
-    roi_size: Sequence[int] | int,
-    sw_batch_size: int = 4,
-    overlap: float = 0.25,
-    mode: str = "gaussian",
-    spatial_dims: int = 2,
-    device: str | torch.device | None = None,
-    amp: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Sliding-window inference of ``network`` over a whole stack; every output as (C, D, H, W) float32 on the CPU.
-
-    Args:
-        network: a module or callable taking (B, C, *roi) and returning a dict of (B, C', *roi) tensors (e.g.
-            :class:`JointDenoiSegNet`), a tensor (returned under ``"pred"``) or a sequence (keys ``"0"``, ``"1"``...).
-        noisy: float image in [0, 1] (intensity / 255), (D, H, W), (C, D, H, W) or, for ``spatial_dims=2``, a
-            single slice (H, W); tensor or numpy. Integer input is rejected (divide by 255 first).
-        roi_size: window size, 2-D (H, W) for ``spatial_dims=2``, 3-D (D, H, W) for 3; an int is repeated.
-            A window larger than the image is fine (MONAI pads and crops back).
-        sw_batch_size: windows per forward pass. In 2-D the slices are fed to the inferer as one batch of
-            ``sw_batch_size`` slices at a time, so windows of several slices share a forward pass.
-        overlap, mode: MONAI's window overlap and blending (``"gaussian"``: Gaussian importance weights).
-        spatial_dims: 2 = every z-slice on its own with 2-D windows (the paper's protocol); 3 = one 3-D
-            sliding window over the volume.
-        device: where the network runs and the windows are blended (default: the network's device); the
-            result is always moved to the CPU.
-        amp: autocast on ``device`` (float16 on CUDA, bfloat16 on CPU); blending stays float32.
-
-    The network is put in eval mode under ``torch.inference_mode()``; every submodule's training flag is
-    restored afterwards (frozen stages stay frozen). MONAI's ``buffer_steps`` is never used: it returns
-    only the first output of a dict predictor. The returned tensors are ordinary (not inference) tensors.
-    """
-    if spatial_dims not in (2, 3):
-        raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims!r}.")
-    x = noisy if isinstance(noisy, torch.Tensor) else torch.as_tensor(np.asarray(noisy))
-    if not (x.is_floating_point()):
-        raise ValueError(
-            f"noisy: expected a float image in [0, 1] (intensity / 255), got dtype {x.dtype}; divide by 255 first."
-        )
-    if x.ndim == 2 and spatial_dims == 2:
-        x = x[None]
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4:
-        raise ValueError(f"noisy: expected (D, H, W) or (C, D, H, W), got shape {tuple(x.shape)}.")
-    roi = (int(roi_size),) * spatial_dims if isinstance(roi_size, numbers.Integral) else tuple(int(r) for r in roi_size)
-    if len(roi) != spatial_dims:
-        raise ValueError(f"roi_size: expected {spatial_dims} sizes for spatial_dims={spatial_dims}, got {roi_size!r}.")
-    if int(sw_batch_size) < 1:
-        raise ValueError(f"sw_batch_size: expected a positive int, got {sw_batch_size!r}.")
-    device = torch.device(device) if device is not None else _default_device(network)
-    x = x.to(torch.float32)
-    inferer = SlidingWindowInferer(
-        roi_size=roi, sw_batch_size=int(sw_batch_size), overlap=overlap, mode=mode, progress=False,
-        sw_device=device, device=device,
-    )
-
-    def predictor(window: torch.Tensor):
-        with torch.autocast(device_type=device.type, enabled=bool(amp)):
-            return _unaliased(_as_dict(network(window)), window)
-
-    modules = list(network.modules()) if isinstance(network, torch.nn.Module) else []
-    flags = [m.training for m in modules]
-    if isinstance(network, torch.nn.Module):
-        network.eval()
-    try:
-        if spatial_dims == 3:
-            with torch.inference_mode():
-                res = inferer(x[None].to(device), predictor)
-            out3d = {}
-            for k in list(res):  # key by key, freeing each blended buffer as we go
-                v = _blended(k, res.pop(k)[0].to("cpu", torch.float32))
-                out3d[k] = v.clone() if torch.is_inference(v) else v  # ordinary tensors for the caller
-            return out3d
-        slices = x.permute(1, 0, 2, 3)  # (D, C, H, W): the slices are the batch
-        out: dict[str, torch.Tensor] = {}
-        step = int(sw_batch_size)
-        for z0 in range(0, slices.shape[0], step):
-            with torch.inference_mode():
-                res = inferer(slices[z0 : z0 + step].to(device), predictor)
-            for k, v in res.items():
-                v = _blended(k, v.to("cpu", torch.float32).transpose(0, 1))  # (C, b, H, W)
-                if k not in out:
-                    out[k] = torch.empty((v.shape[0], slices.shape[0], *v.shape[2:]), dtype=torch.float32)
-                out[k][:, z0 : z0 + v.shape[1]] = v
-        return out
-    finally:
-        for m, f in zip(modules, flags):
-            m.training = f
 
 
 # ------------------------------------------------------------------------------------------ instances
