@@ -21,7 +21,8 @@ from skimage.metrics import (
 from torch import nn
 
 from conftest import data_path
-from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume, save_figure, save_metrics, segment
+from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume, save_metrics, segment
+from monai_denoiseg.figures import save_figure
 from monai_denoiseg.networks.nets.joint import JointDenoiSegNet, paper_joint_net
 from monai_denoiseg.transforms.affinity import DEFAULT_OFFSETS_3D, PAPER_OFFSETS_2D, LabelToAffinity
 from monai_denoiseg.transforms.instances import AffinityToInstances

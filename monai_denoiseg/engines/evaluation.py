@@ -8,7 +8,7 @@ Plain functions, to be wired into an evaluator (e.g. :class:`~monai_denoiseg.eng
 - :func:`segment`: mutex-watershed instances of the predicted affinities (:class:`AffinityToInstances`).
 - :func:`evaluate_prediction`: the paper's metrics, PSNR/SSIM of the coarse and final images, VOI (split,
   merge, total, bits) and adapted Rand error of the instances, IoU/F1 for binary tasks.
-- :func:`save_metrics`, :func:`save_figure`: a JSON + CSV table and a Fig. 2-style PNG.
+- :func:`save_metrics`: a JSON + CSV table (the Fig. 2-style PNG: :func:`monai_denoiseg.figures.save_figure`).
 
 See ``docs/evaluation.md``.
 """
@@ -25,7 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from monai.utils import convert_to_numpy
+
 from monai_denoiseg.inferers import predict_volume
+from monai_denoiseg.postprocessing import segment
 from monai_denoiseg.metrics import (
     AdaptedRandErrorMetric,
     UnitRangePSNRMetric,
@@ -35,22 +38,17 @@ from monai_denoiseg.metrics import (
     binary_iou_metric,
 )
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D
-from monai_denoiseg.transforms.instances import AffinityToInstances
 
-__all__ = ["predict_volume", "segment", "evaluate_prediction", "save_metrics", "save_figure", "IMAGE_KEYS"]
+__all__ = ["predict_volume", "segment", "evaluate_prediction", "save_metrics", "IMAGE_KEYS"]
 
 #: image outputs scored against the clean image: output key -> metric suffix
 IMAGE_KEYS: dict[str, str] = {"coarse": "coarse", "final": "final"}
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def _to_numpy(x) -> np.ndarray:
-    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-
-
 def _stack_3d(x, key: str) -> np.ndarray:
     """An image or id stack (D, H, W) from (D, H, W), (1, D, H, W) or a single slice (H, W)."""
-    arr = _to_numpy(x)
+    arr = convert_to_numpy(x)
     if arr.ndim == 4 and arr.shape[0] == 1:
         arr = arr[0]
     elif arr.ndim == 2:
@@ -62,7 +60,7 @@ def _stack_3d(x, key: str) -> np.ndarray:
 
 def _channels_4d(x, key: str) -> np.ndarray:
     """A prediction (C, D, H, W) from (C, D, H, W) or a single slice (C, H, W)."""
-    arr = _to_numpy(x)
+    arr = convert_to_numpy(x)
     if arr.ndim == 3:
         arr = arr[:, None]
     if arr.ndim != 4:
@@ -71,41 +69,9 @@ def _channels_4d(x, key: str) -> np.ndarray:
 
 
 def _nanmean(values) -> float:
-    vals = np.asarray(_to_numpy(values), dtype=np.float64).reshape(-1)
+    vals = np.asarray(convert_to_numpy(values), dtype=np.float64).reshape(-1)
     vals = vals[~np.isnan(vals)]
     return float(vals.mean()) if vals.size else float("nan")
-
-
-# ------------------------------------------------------------------------------------------ instances
-def segment(
-    affinity_prob,
-    offsets: Sequence[Sequence[int]] = PAPER_OFFSETS_2D,
-    strides: Sequence[int] | None = None,
-    mask=None,
-    randomize_strides: bool = False,
-    num_attractive: int | None = None,
-    min_size: int = 0,
-) -> np.ndarray:
-    """Mutex-watershed instances of "same instance" probabilities (C, D, H, W) (or one slice (C, H, W)).
-
-    A thin wrapper over :class:`~monai_denoiseg.transforms.instances.AffinityToInstances`: 2-D offsets
-    segment every z-slice on its own (ids disjoint across slices), 3-D offsets the volume in 3-D.
-    ``strides=None`` is the reference's (5, 5) (``(1, 5, 5)`` in 3-D). ``mask`` (D, H, W) or (1, D, H, W),
-    nonzero = foreground: edges touching the background are dropped, background gets 0. Returns uint64
-    labels (D, H, W) (or (H, W) for a single slice), 1..n, never cast to a narrower type.
-    """
-    aff = np.asarray(_to_numpy(affinity_prob), dtype=np.float32)
-    single = aff.ndim == 3 and len(offsets[0]) == 2
-    aff = _channels_4d(aff, "affinity_prob") if single else aff
-    if aff.ndim != 4:
-        raise ValueError(f"affinity_prob: expected (C, D, H, W) or (C, H, W), got shape {aff.shape}.")
-    fg = None
-    if mask is not None:
-        fg = _stack_3d(mask, "mask")[None] != 0
-    mws = AffinityToInstances(offsets, strides=strides, randomize_strides=randomize_strides,
-                              num_attractive=num_attractive, min_size=min_size)
-    labels = np.asarray(mws(aff, mask=fg, key="affinity_prob"))[0].astype(np.uint64)
-    return labels[0] if single else labels
 
 
 # ------------------------------------------------------------------------------------------- metrics
@@ -219,8 +185,8 @@ def evaluate_prediction(
 # --------------------------------------------------------------------------------------------- output
 def _plain(v):
     """JSON/CSV-friendly scalar: numpy / torch scalars -> Python numbers."""
-    if isinstance(v, (torch.Tensor, np.ndarray)) and np.ndim(_to_numpy(v)) == 0:
-        v = _to_numpy(v).item()
+    if isinstance(v, (torch.Tensor, np.ndarray)) and np.ndim(convert_to_numpy(v)) == 0:
+        v = convert_to_numpy(v).item()
     if isinstance(v, np.generic):
         v = v.item()
     return v
@@ -248,94 +214,3 @@ def save_metrics(metrics: Mapping[str, Any] | Sequence[Mapping[str, Any]], out_d
         writer.writeheader()
         writer.writerows(rows)
     return paths
-
-
-def _id_colours(ids: np.ndarray) -> np.ndarray:
-    """A fixed pseudo-random colour per id (splitmix64 hash of the id itself: the same id gets the same colour
-    in every figure); id 0 black. ``ids`` 1-D uint64, returns (n, 3) floats in [0.2, 1]."""
-    z = ids.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
-    with np.errstate(over="ignore"):
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    rgb = np.stack([(z >> np.uint64(s)) & np.uint64(255) for s in (0, 8, 16)], axis=-1).astype(np.float64)
-    rgb = 0.2 + 0.8 * rgb / 255.0
-    rgb[ids == 0] = 0.0
-    return rgb
-
-
-def _colour_instances(lab: np.ndarray) -> np.ndarray:
-    lab = np.asarray(lab)
-    if lab.dtype.kind == "f":
-        lab = lab.astype(np.int64)
-    uniq, inverse = np.unique(lab.astype(np.uint64), return_inverse=True)
-    return _id_colours(uniq)[inverse.reshape(lab.shape)].astype(np.float32)
-
-
-def _panel_image(x, kind: str) -> np.ndarray:
-    arr = _to_numpy(x)
-    if kind == "affinity" and arr.ndim == 3:
-        arr = arr[:2].mean(0)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 2:
-        raise ValueError(f"{kind}: expected a 2-D array (pick the slice first), got shape {arr.shape}.")
-    if kind in ("instances", "labels"):
-        return _colour_instances(arr)
-    arr = arr.astype(np.float32)
-    return arr / 255.0 if _to_numpy(x).dtype.kind in "ui" else arr
-
-
-def save_figure(
-    path: str | os.PathLike,
-    noisy=None,
-    coarse=None,
-    final=None,
-    clean=None,
-    affinity=None,
-    instances=None,
-    labels=None,
-    title: str = "",
-    panel_inches: float = 3.0,
-    dpi: int = 100,
-) -> Path:
-    """A PNG like Fig. 2 of the paper: top row noisy | coarse I_c | final I_f | clean, bottom row affinity |
-    predicted instances | ground-truth instances.
-
-    Every panel is a 2-D array (the caller picks the slice) or None (drawn blank with its title). Images are
-    shown in [0, 1] (integer images as 0-255); ``affinity`` is one channel (H, W), or (C, H, W) whose first
-    two channels (the nearest neighbours) are averaged; instance ids get fixed pseudo-random colours (a hash
-    of the id, 0 black). The PNG is ``4 * panel_inches * dpi`` by ``2 * panel_inches * dpi`` pixels.
-    Rendered with matplotlib's Agg canvas directly (no pyplot state, no display needed).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    panels = [
-        ("noisy", "noisy", noisy), ("coarse", "coarse $I_c$", coarse), ("final", "final $I_f$", final),
-        ("clean", "clean", clean), ("affinity", "affinity", affinity), ("instances", "predicted instances", instances),
-        ("labels", "ground truth", labels), (None, "", None),
-    ]
-    fig = Figure(figsize=(4 * panel_inches, 2 * panel_inches), dpi=dpi)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(2, 4)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if title else 0.94, wspace=0.04, hspace=0.12)
-    for ax, (kind, label, data) in zip(axes.flat, panels):
-        ax.set_axis_off()
-        if kind is None:
-            continue
-        ax.set_title(label, fontsize=10)
-        if data is None:
-            ax.text(0.5, 0.5, "n/a", ha="center", va="center", color="0.6", transform=ax.transAxes)
-            continue
-        img = _panel_image(data, kind)
-        if img.ndim == 3:
-            ax.imshow(img, interpolation="nearest")
-        else:
-            ax.imshow(img, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-    if title:
-        fig.suptitle(title, fontsize=11)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, format="png")
-    return path

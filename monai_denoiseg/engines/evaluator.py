@@ -20,7 +20,8 @@ import torch
 from ignite.engine import Events
 from monai.engines import Evaluator
 
-from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume, save_figure, save_metrics
+from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume, save_metrics
+from monai_denoiseg.figures import save_figure
 from monai_denoiseg.engines.strategies import Strategy, get_strategy
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D
 
