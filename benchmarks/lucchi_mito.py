@@ -53,7 +53,7 @@ def _test_split(sigma: int) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def _run(net, image: np.ndarray, stages) -> dict[str, torch.Tensor]:
-    return predict_volume(lambda x: net(x, stages=stages), torch.as_tensor(image, dtype=torch.float32), (256, 256))
+    return predict_volume(net, torch.as_tensor(image, dtype=torch.float32), (256, 256), network_kwargs={"stages": stages})
 
 
 def _bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:

@@ -89,6 +89,30 @@ def test_evaluator_returns_every_metric(split, tmp_path):
     assert (tmp_path / "metrics_val_epoch1.json").is_file() and (tmp_path / "figure_val_epoch1.png").is_file()
 
 
+def test_evaluator_runs_the_network_in_eval_mode_and_changes_nothing(split):
+    """After a training epoch the network is in train mode; evaluation must use batch norm's running statistics
+    (not the statistics of its own windows) and must not update them with validation or test data."""
+    from skimage.metrics import peak_signal_noise_ratio
+
+    vol = {k: v[:2, :96, :96] for k, v in split.items()}
+    net = tiny_net()
+    with torch.no_grad():  # running statistics away from their initial values, as after training
+        net(torch.rand(4, 1, 96, 96) * 0.5)
+    net.train()
+    buffers = {n: b.clone() for n, b in net.named_buffers()}
+    ev = DenoiSegEvaluator("cpu", vol, net, "joint", roi_size=(96, 96))  # one window = the whole slice
+    ev.run()
+    assert net.training and all(m.training for m in net.modules())  # flags restored
+    for n, b in net.named_buffers():
+        assert torch.equal(b, buffers[n]), f"{n} changed during evaluation"
+    net.eval()
+    with torch.no_grad():
+        final = net(torch.as_tensor(vol["noisy"] / 255.0, dtype=torch.float32)[:, None])["final"][:, 0].numpy()
+    clean = vol["clean"] / 255.0
+    psnr = np.mean([peak_signal_noise_ratio(c, np.clip(f, 0, 1), data_range=1.0) for c, f in zip(clean, final)])
+    assert abs(ev.state.metrics["psnr_final"] - psnr) < 1e-3
+
+
 RUN = textwrap.dedent(
     """
     import os, sys, torch

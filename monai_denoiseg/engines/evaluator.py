@@ -101,13 +101,10 @@ class DenoiSegEvaluator(Evaluator):
         if source not in volume:
             raise KeyError(f"{source}: strategy {self.strategy.name!r} reads it, the volume has {sorted(volume)}.")
         noisy = torch.as_tensor(np.asarray(volume[source], dtype=np.float32) / 255.0)
-        stages = self.strategy.stages
-
-        def chain(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return self.network(x, stages=stages)
-
-        pred = predict_volume(chain, noisy, self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap,
-                              spatial_dims=self.spatial_dims, device=self.state.device, amp=self.use_amp)
+        # the module itself, so that it runs in eval mode (batch norm's running statistics, nothing updated)
+        pred = predict_volume(self.network, noisy, self.roi_size, sw_batch_size=self.sw_batch_size,
+                              overlap=self.overlap, spatial_dims=self.spatial_dims, device=self.state.device,
+                              amp=self.use_amp, network_kwargs={"stages": self.strategy.stages})
         clean = volume.get("clean")
         clean = None if clean is None else np.asarray(clean, dtype=np.float32) / 255.0
         metrics = evaluate_prediction(pred, clean=clean, labels=volume.get("label"), offsets=self.offsets,

@@ -2,15 +2,14 @@
 
 The one prediction code of the toolkit. A block is predicted from its write region plus a context of
 ``stride`` voxels before it and ``roi - stride`` after it (``stride = int(roi * (1 - overlap))``, MONAI's
-scan interval). When the block's write size is a multiple of the stride, the windows MONAI places inside
-that read region are exactly the windows it would place over the whole volume, so every voxel of the
-write region is blended from the same windows with the same Gaussian weights as a whole-volume sliding
-window (away from the volume's border, where the whole-volume grid is shifted to fit). Blocks therefore
-tile a volume of any size without seams, and with bounded memory.
+scan interval), clipped to the volume. When the block's write size is a multiple of the stride, the windows
+MONAI places inside that read region are exactly the windows it would place over the whole volume, so every
+voxel of the write region is blended from the same windows with the same Gaussian weights as a whole-volume
+sliding window. Blocks therefore tile a volume of any size without seams, and with bounded memory.
 
 - :class:`BlockInferer`: the window grid, the context it implies, and the prediction of one read region.
-- :func:`predict_volume`: an in-memory volume, whole (``block_shape=None``: MONAI's sliding window over the
-  volume) or block by block (the same blocks as :mod:`monai_denoiseg.blockwise`, kept in RAM).
+- :func:`predict_volume`: an in-memory volume, block by block as :mod:`monai_denoiseg.blockwise` runs a file,
+  with RAM as the output store (the evaluator's path).
 """
 
 from __future__ import annotations
@@ -143,13 +142,27 @@ class BlockInferer:
             )
         return shape
 
-    # ---------------------------------------------------------------------------------- prediction
-    def __call__(self, network: torch.nn.Module | Callable[[torch.Tensor], Any], x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every output of ``network`` over the (C, D, H, W) float image ``x``, as float32 (C', D, H, W) on the CPU.
+    def default_block_shape(self, shape: Sequence[int]) -> tuple[int, int, int]:
+        """2-D: 8 whole slices (in-plane tiles of 8 strides when slices are larger than 2048, so that no in-plane
+        context is computed twice on ordinary slices); 3-D: 4 strides per axis, never much more than the volume."""
+        stride = self._zyx(self.stride, 1)
 
-        The network is put in eval mode under ``torch.inference_mode()``; every submodule's training flag is
-        restored afterwards (frozen stages stay frozen). MONAI's ``buffer_steps`` is never used: it returns
-        only the first output of a dict predictor.
+        def fit(n: int, s: int, most: int) -> int:  # the multiple of s covering min(n, most)
+            return max(s, -(-min(n, most) // s) * s)
+
+        if self.spatial_dims == 2:
+            return (min(8, int(shape[0])), *(fit(n, s, n if n <= 2048 else 8 * s) for n, s in zip(shape[1:], stride[1:])))
+        return tuple(fit(n, s, 4 * s) for n, s in zip(shape, stride))
+
+    # ---------------------------------------------------------------------------------- prediction
+    def __call__(self, network: torch.nn.Module | Callable[..., Any], x: torch.Tensor, **kwargs) -> dict[str, torch.Tensor]:
+        """Every output of ``network(window, **kwargs)`` over the (C, D, H, W) float image ``x``, as float32
+        (C', D, H, W) on the CPU (``kwargs`` as MONAI's inferers, e.g. ``stages=`` of :class:`JointDenoiSegNet`).
+
+        A module is put in eval mode under ``torch.inference_mode()`` (batch norm with its running statistics,
+        no dropout, nothing updated); every submodule's training flag is restored afterwards (frozen stages stay
+        frozen). Pass the module itself, not a closure over it: a plain callable runs in whatever mode its modules
+        are in. MONAI's ``buffer_steps`` is never used: it returns only the first output of a dict predictor.
         """
         if x.ndim != 4 or not x.is_floating_point():
             raise ValueError(f"image: expected a float (C, D, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}.")
@@ -159,7 +172,7 @@ class BlockInferer:
 
         def predictor(window: torch.Tensor):
             with torch.autocast(device_type=device.type, enabled=self.amp):
-                return _unaliased(_as_dict(network(window)), window)
+                return _unaliased(_as_dict(network(window, **kwargs)), window)
 
         modules = list(network.modules()) if isinstance(network, torch.nn.Module) else []
         flags = [m.training for m in modules]
@@ -192,18 +205,25 @@ class BlockInferer:
         return out
 
     def predict_block(self, network, read: Callable[[tuple[int, ...], tuple[int, ...]], np.ndarray],
-                      offset: Sequence[int], shape: Sequence[int],
-                      intensity_range: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-        """Outputs (C, *shape) over the write region ``offset`` + ``shape`` (z, y, x), from ``read(begin, end)``
-        of the input with this inferer's context (``read`` returns a (C, ...) or (...) array; zeros outside
-        the volume)."""
+                      offset: Sequence[int], shape: Sequence[int], volume_shape: Sequence[int],
+                      intensity_range: Sequence[float] | None = None, **kwargs) -> dict[str, torch.Tensor]:
+        """Outputs (C, *shape) over the write region ``offset`` + ``shape`` (z, y, x) of a volume of ``volume_shape``,
+        from ``read(begin, end)`` of the input (a (C, ...) or (...) array) with this inferer's context; ``kwargs``
+        go to the network.
+
+        The read region is clipped to the volume, where the windows still start at multiples of the stride; a block
+        within one window of the volume's end reads on to that end, where MONAI shifts the last window exactly
+        as over the whole volume. Blocks thus reproduce the whole-volume sliding window everywhere."""
         before, after = self.context
-        begin = tuple(o - b for o, b in zip(offset, before))
-        end = tuple(o + s + a for o, s, a in zip(offset, shape, after))
+        begin = tuple(max(0, o - b) for o, b in zip(offset, before))
+        roi = self._zyx(self.roi_size, 0)
+        # the whole volume's last window is shifted to end at the volume's end: reach it where it covers the block
+        end = tuple(n if n - r < o + s else min(n, o + s + a)
+                    for o, s, a, n, r in zip(offset, shape, after, volume_shape, roi))
         image = unit_range(read(begin, end), intensity_range)
         image = image[None] if image.ndim == 3 else image
-        out = self(network, image)
-        crop = (slice(None), *(slice(b, b + s) for b, s in zip(before, shape)))
+        out = self(network, image, **kwargs)
+        crop = (slice(None), *(slice(o - b, o - b + s) for o, b, s in zip(offset, begin, shape)))
         return {k: v[crop].clone() for k, v in out.items()}
 
 
@@ -225,19 +245,21 @@ def predict_volume(
     device: str | torch.device | None = None,
     amp: bool = False,
     block_shape: Sequence[int] | None = None,
+    network_kwargs: Mapping[str, Any] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Sliding-window inference of ``network`` over an in-memory stack; every output as (C, D, H, W) float32.
 
     Args:
-        network: a module or callable taking (B, C, *roi) and returning a dict of (B, C', *roi) tensors (e.g.
-            :class:`JointDenoiSegNet`), a tensor (returned under ``"pred"``) or a sequence (keys ``"0"``, ``"1"``...).
+        network: a module (run in eval mode) or callable taking (B, C, *roi) and returning a dict of (B, C', *roi)
+            tensors (e.g. :class:`JointDenoiSegNet`), a tensor (returned under ``"pred"``) or a sequence (keys
+            ``"0"``, ``"1"``...); ``network_kwargs`` go to every call (e.g. ``{"stages": strategy.stages}``).
         noisy: float image in [0, 1] (intensity / 255), (D, H, W), (C, D, H, W) or, for ``spatial_dims=2``, a
             single slice (H, W); tensor or numpy. Integer input is rejected (divide by 255 first).
         roi_size, overlap, mode, sw_batch_size, device, amp: as :class:`BlockInferer`. A window larger than the
             image is fine (MONAI pads and crops back).
         spatial_dims: 2 = every z-slice on its own with 2-D windows (the paper's protocol); 3 = a 3-D window.
-        block_shape: None = the whole volume at once; a (z, y, x) shape = block by block exactly as the
-            blockwise pipeline (:mod:`monai_denoiseg.blockwise`) does on files, with the same windows.
+        block_shape: (z, y, x) voxels per block, as the blockwise pipeline (:mod:`monai_denoiseg.blockwise`) runs
+            them on files (default :meth:`BlockInferer.default_block_shape`); the result does not depend on it.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims!r}.")
@@ -256,21 +278,16 @@ def predict_volume(
         raise ValueError(f"roi_size: expected {spatial_dims} sizes for spatial_dims={spatial_dims}, got {roi_size!r}.")
     inferer = BlockInferer(roi_size, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode, device=device, amp=amp)
     x = x.to(torch.float32)
-    if block_shape is None:
-        return inferer(network, x)
     shape = tuple(x.shape[1:])
-    block_shape = inferer.check_block_shape(block_shape)
+    block_shape = inferer.check_block_shape(block_shape if block_shape is not None else inferer.default_block_shape(shape))
 
-    def read(begin, end):  # zeros outside the volume, as a chunked store's fill value
-        out = torch.zeros((x.shape[0], *(e - b for b, e in zip(begin, end))), dtype=x.dtype)
-        src = tuple(slice(max(b, 0), min(e, n)) for b, e, n in zip(begin, end, shape))
-        dst = tuple(slice(s.start - b, s.stop - b) for s, b in zip(src, begin))
-        out[(slice(None), *dst)] = x[(slice(None), *src)]
-        return out
+    def read(begin, end):
+        return x[(slice(None), *(slice(b, e) for b, e in zip(begin, end)))]
 
     out: dict[str, torch.Tensor] = {}
     for offset, size in _blocks(shape, block_shape):
-        for k, v in inferer.predict_block(network, read, offset, size, intensity_range=(0.0, 1.0)).items():
+        pred = inferer.predict_block(network, read, offset, size, shape, (0.0, 1.0), **dict(network_kwargs or {}))
+        for k, v in pred.items():
             if k not in out:
                 out[k] = torch.empty((v.shape[0], *shape), dtype=torch.float32)
             out[k][(slice(None), *(slice(o, o + s) for o, s in zip(offset, size)))] = v
