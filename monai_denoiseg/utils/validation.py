@@ -17,6 +17,7 @@ __all__ = [
     "check_instance_labels",
     "check_same_spatial_shape",
     "check_offsets",
+    "check_intensity",
 ]
 
 
@@ -85,3 +86,28 @@ def check_offsets(offsets, spatial_dims: int | None = None, key: str = "offsets"
             f"{key}: expected every offset to have {' or '.join(map(str, sorted(want)))} components, got {offsets!r}."
         )
     return offs
+
+
+def check_intensity(x, key: str = "image", intensity_range=None) -> tuple[float, float]:
+    """The (low, high) range that maps an image to [0, 1]: uint8 is 0-255; any other dtype needs a declared
+    ``intensity_range`` (e.g. (0, 1) for float images, (0, 65535) for uint16), and every value inside it."""
+    arr = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    if arr.dtype == np.bool_ or np.issubdtype(arr.dtype, np.complexfloating) or arr.dtype.kind not in "uif":
+        raise ValueError(f"{key}: expected a uint8, integer or float image, got dtype {arr.dtype} in shape {arr.shape}.")
+    if intensity_range is None:
+        if arr.dtype == np.uint8:
+            return 0.0, 255.0
+        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (float("nan"),) * 2
+        raise ValueError(
+            f"{key}: expected uint8 0-255, got dtype {arr.dtype} in shape {arr.shape} (values {lo:g} to {hi:g}); "
+            "declare intensity_range=(low, high), e.g. (0, 1) for float images in [0, 1] or (0, 65535) for uint16."
+        )
+    low, high = (float(v) for v in intensity_range)
+    if not high > low:
+        raise ValueError(f"intensity_range: expected low < high, got {tuple(intensity_range)!r}.")
+    if arr.size:
+        lo, hi = float(arr.min()), float(arr.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo < low or hi > high:
+            raise ValueError(f"{key}: values {lo:g} to {hi:g} in shape {arr.shape} lie outside the declared "
+                             f"intensity_range ({low:g}, {high:g}) (or are NaN/inf).")
+    return low, high
