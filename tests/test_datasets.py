@@ -18,6 +18,24 @@ def test_write_then_read_is_exact_in_every_format(tmp_path, suffix, dtype):
     np.testing.assert_array_equal(back, ids)
 
 
+@pytest.mark.parametrize("suffix", [".h5", ".tif", ".nii.gz"])
+def test_write_volume_never_overwrites_silently_and_leaves_no_partial_file(tmp_path, suffix):
+    first, second = np.zeros((2, 8, 8), np.uint8), np.ones((2, 8, 8), np.uint8)
+    path = write_volume(tmp_path / f"v{suffix}", first, "a")
+    with pytest.raises(FileExistsError, match="overwrite"):
+        write_volume(path, second, "a")
+    np.testing.assert_array_equal(read_volume(path, "a" if suffix == ".h5" else None), first)  # nothing lost
+    write_volume(path, second, "a", overwrite=True)
+    np.testing.assert_array_equal(read_volume(path, "a" if suffix == ".h5" else None), second)
+    if suffix == ".h5":  # another dataset joins the file, the first one stays
+        write_volume(path, first, "b")
+        np.testing.assert_array_equal(read_volume(path, "a"), second)
+    with pytest.raises(Exception):  # a failing write (an object array) leaves the target as it was
+        write_volume(path, np.array([[[object()]]]), "c", overwrite=True)
+    np.testing.assert_array_equal(read_volume(path, "a" if suffix == ".h5" else None), second)
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
+
+
 def test_load_split_centre_crop_and_negative_z_range(tmp_path):
     path = data_path("medulla_fibsem.h5")
     full = load_split(path, (-3, None), noise="film", cache_dir=tmp_path)

@@ -52,29 +52,46 @@ def read_volume(path: str | os.PathLike, key: str | None = None, roi: Sequence[s
     raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
 
 
-def write_volume(path: str | os.PathLike, array: np.ndarray, key: str | None = None) -> Path:
-    """Write a (Z, Y, X) array as HDF5 (dataset ``key``, added to an existing file), TIFF stack or NIfTI."""
+def write_volume(path: str | os.PathLike, array: np.ndarray, key: str | None = None, overwrite: bool = False) -> Path:
+    """Write a (Z, Y, X) array as HDF5 (dataset ``key``, added to an existing file), TIFF stack or NIfTI.
+
+    Atomic (a temporary file beside the target, then ``os.replace``; an HDF5 file is copied first, so its other
+    datasets survive a failed write); an existing file (TIFF/NIfTI) or dataset (HDF5) is refused unless
+    ``overwrite``."""
+    import shutil
+
+    from monai_denoiseg.utils.atomic import atomic_path, refuse_existing
+
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
     name = path.name.lower()
     if name.endswith((".h5", ".hdf5", ".hdf", ".he5")):
         import h5py
 
         if not key:
             raise ValueError(f"key: an HDF5 dataset name is required to write {str(path)!r}.")
-        with h5py.File(path, "a") as f:
-            if key in f:
-                del f[key]
-            f.create_dataset(key, data=array, compression="gzip", chunks=True)
-    elif name.endswith((".tif", ".tiff")):
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            if path.exists():
+                shutil.copyfile(path, tmp)
+            with h5py.File(tmp, "a") as f:
+                if key in f and not overwrite:
+                    raise FileExistsError(f"{str(path)!r}: dataset {key!r} exists already; pass overwrite=True "
+                                          "(--overwrite) to replace it.")
+                if key in f:
+                    del f[key]
+                f.create_dataset(key, data=array, compression="gzip", chunks=True)
+        return path
+    refuse_existing(path, overwrite)
+    if name.endswith((".tif", ".tiff")):
         import tifffile
 
-        tifffile.imwrite(path, array)
+        with atomic_path(path, suffix=".tif") as tmp:
+            tifffile.imwrite(tmp, array)
     elif name.endswith((".nii", ".nii.gz")):
         import nibabel as nib
 
         array = np.asarray(array)  # the dtype is explicit: nibabel refuses to guess one for 64-bit ids
-        nib.save(nib.Nifti1Image(array.T, np.eye(4), dtype=array.dtype), path)
+        with atomic_path(path, suffix=".nii.gz" if name.endswith(".gz") else ".nii") as tmp:
+            nib.save(nib.Nifti1Image(array.T, np.eye(4), dtype=array.dtype), tmp)
     else:
         raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
     return path
