@@ -1,4 +1,5 @@
-"""Downloads end to end against a loopback HTTP server serving the upstream mirror in ../shared/data (no internet)."""
+"""Downloads end to end against loopback HTTP servers (no internet): the upstream mirror in ../shared/data, a tampered
+copy of it in tmp_path, and servers that trickle, stall or cut the connection."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import os
 import shutil
 import socket
 import threading
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+import time
+from functools import cache, partial
+from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from monai_denoiseg.data import download as dl
 from conftest import data_path
@@ -24,18 +27,23 @@ class _QuietHandler(SimpleHTTPRequestHandler):
         pass
 
 
+_STOP = threading.Event()  # set at the end of the module: slow handlers stop sending
+
+
 @pytest.fixture(scope="module")
 def serve():
-    """serve(directory) -> base URL of a loopback HTTP server for that folder; all stopped at the end."""
+    """serve(directory) or serve(handler=cls) -> base URL of a loopback HTTP server; all stopped at the end."""
     servers = []
 
-    def start(directory: Path) -> str:
-        server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_QuietHandler, directory=str(directory)))
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+    def start(directory: Path | None = None, handler=None) -> str:
+        handler = handler or partial(_QuietHandler, directory=str(directory))
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return f"http://127.0.0.1:{server.server_address[1]}"
 
     yield start
+    _STOP.set()
     for server in servers:
         server.shutdown()
         server.server_close()
@@ -199,3 +207,181 @@ def test_locate_data_order_truncated_copy_and_cremi_download(tmp_path, monkeypat
     assert got == str(bundle / "data" / full.name) and dl.check_cremi_file(got) is None
     with pytest.raises(ValueError, match="cremi_A"):
         locate_data("nothing.h5", None, str(bundle), download="cremi_D")
+
+
+MIRROR = ("mirror", "neuroproof_examples")
+
+
+@cache
+def _gt_bytes() -> bytes:
+    return data_path(*MIRROR, dl.MEDULLA_GT).read_bytes()
+
+
+def test_medulla_md5_registry_covers_every_upstream_file():
+    root = data_path(*MIRROR)
+    upstream = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
+    fetched = {dl.MEDULLA_LICENSE, dl.MEDULLA_GT, *dl.MEDULLA_SLICES}
+    assert set(dl.MEDULLA_MD5) == fetched == upstream  # every fetched file has a pinned md5
+    assert {name: dl.md5sum(root / name) for name in upstream} == dl.MEDULLA_MD5
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy files only (the shared mirror is read-only: copytree would copy that mode too)."""
+    for p in src.rglob("*"):
+        if p.is_file():
+            (dst / p.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, dst / p.relative_to(src))
+
+
+def test_medulla_tampered_slice_refused(tmp_path, serve):
+    mirror = tmp_path / "mirror"
+    _copy_tree(data_path(*MIRROR), mirror)
+    name = "training_sample2/grayscale_maps/iso.2700.png"
+    with Image.open(mirror / name) as im:  # a valid PNG, one pixel (one byte of the image) changed
+        pixels = np.array(im)
+    pixels[125, 125] ^= 1
+    Image.fromarray(pixels).save(mirror / name)
+    root = tmp_path / "root"
+    with pytest.raises(ValueError) as err:
+        dl.download_medulla(root, base_url=serve(mirror))
+    msg = str(err.value)
+    assert "iso.2700.png" in msg and dl.MEDULLA_MD5[name] in msg and dl.md5sum(mirror / name) in msg
+    assert _listing(root) == []  # neither the bad slice nor an output is kept
+
+
+class _SlowHandler(BaseHTTPRequestHandler):
+    """Announces 1000 bytes, sends ``first`` bytes after ``delay`` s, then one byte every ``every`` s (none if 0);
+    closes after ``limit`` s, so that a broken client check fails the test instead of hanging it."""
+
+    delay, first, every, limit = 0.0, 0, 0.5, 8.0
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "1000")
+        self.end_headers()
+        try:
+            if self.delay:
+                time.sleep(self.delay)
+            self.wfile.write(b"x" * self.first)
+            self.wfile.flush()
+            end = time.monotonic() + self.limit
+            while not _STOP.wait(self.every or 0.5) and time.monotonic() < end:
+                if self.every:
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+        except OSError:  # the client gave up
+            pass
+
+
+class _Trickle(_SlowHandler):
+    first, every = 0, 0.5
+
+
+class _Stall(_SlowHandler):
+    first, every = 10, 0
+
+
+class _LateStall(_SlowHandler):
+    delay, first, every = 1.0, 10, 0
+
+
+def _raises_within(seconds: float, fn, *args, **kwargs):
+    start = time.monotonic()
+    with pytest.raises(dl.DownloadTimeoutError) as err:
+        fn(*args, **kwargs)
+    elapsed = time.monotonic() - start
+    assert elapsed < seconds, f"took {elapsed:.1f} s"
+    assert isinstance(err.value, TimeoutError) and isinstance(err.value, ConnectionError)
+    return str(err.value), elapsed
+
+
+def test_fetch_trickle_stopped_at_deadline(tmp_path, serve):
+    url = serve(handler=_Trickle) + "/slow.bin"
+    msg, elapsed = _raises_within(3.0, dl.fetch, url, tmp_path / "slow.bin", deadline=2.0, min_rate=0, timeout=30)
+    assert elapsed >= 1.9
+    assert url in msg and "deadline of 2 s" in msg and "bytes received in 2." in msg
+    assert _listing(tmp_path) == []  # no partial file
+
+
+def test_fetch_trickle_under_min_rate(tmp_path, serve):
+    url = serve(handler=_Trickle) + "/slow.bin"
+    msg, elapsed = _raises_within(4.0, dl.fetch, url, tmp_path / "slow.bin", min_rate=100, rate_window=2.0)
+    assert elapsed >= 1.9
+    assert url in msg and "under the minimum of 100" in msg and "bytes received" in msg
+    assert _listing(tmp_path) == []
+
+
+def test_fetch_stall_after_headers(tmp_path, serve):
+    url = serve(handler=_Stall) + "/stall.bin"
+    msg, elapsed = _raises_within(2.5, dl.fetch, url, tmp_path / "a.bin", timeout=1.0, min_rate=0)
+    assert elapsed >= 0.9 and url in msg and "stalled" in msg and "10 bytes received" in msg
+    # 10 bytes at 1 s, then silence: the read blocked since 1 s (socket timeout 1.5 s) is cut at the 1.5 s deadline
+    url = serve(handler=_LateStall) + "/stall.bin"
+    msg, elapsed = _raises_within(2.2, dl.fetch, url, tmp_path / "b.bin", timeout=60, deadline=1.5, min_rate=0)
+    assert elapsed >= 1.4 and "deadline of 1.5 s" in msg and "10 bytes received" in msg
+    assert _listing(tmp_path) == []
+
+
+def test_medulla_stalled_server_names_url_and_local_path(tmp_path, serve):
+    base = serve(handler=_Stall)
+    with pytest.raises(dl.DownloadTimeoutError) as err:
+        dl.download_medulla(tmp_path, base_url=base, timeout=0.5, deadline=5)
+    msg = str(err.value)
+    assert f"{base}/LICENSE.txt" in msg and "stalled" in msg and str(tmp_path / "medulla_fibsem.h5") in msg
+    assert _listing(tmp_path) == []
+
+
+class _CutHandler(BaseHTTPRequestHandler):
+    """Serves the medulla ground truth; the first ``cuts`` answers stop halfway; Range is honoured if ``ranges``."""
+
+    cuts, ranges, requests = 1, True, []
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        data = _gt_bytes()
+        type(self).requests.append(self.headers.get("Range"))
+        start = 0
+        if self.ranges and self.headers.get("Range"):
+            start = int(self.headers["Range"].removeprefix("bytes=").removesuffix("-"))
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        body = data[start:]
+        if len(type(self).requests) <= self.cuts:
+            body = body[: len(body) // 2]
+            self.close_connection = True
+        self.wfile.write(body)
+
+
+@pytest.mark.parametrize("ranges", [True, False])
+def test_fetch_resumes_or_restarts_after_cut(tmp_path, serve, ranges):
+    handler = type("Cut", (_CutHandler,), {"cuts": 1, "ranges": ranges, "requests": []})
+    url = serve(handler=handler) + "/gt.h5.gz"
+    dst = dl.fetch(url, tmp_path / "gt.h5.gz", md5=dl.MEDULLA_GT_MD5)
+    assert dl.md5sum(dst) == dl.MEDULLA_GT_MD5
+    half = len(_gt_bytes()) // 2
+    assert handler.requests == [None, f"bytes={half}-"]  # resumed where the cut left off
+    assert _listing(tmp_path) == ["gt.h5.gz"]
+
+
+def test_fetch_gives_up_after_retries(tmp_path, serve):
+    handler = type("Cut", (_CutHandler,), {"cuts": 99, "ranges": True, "requests": []})
+    url = serve(handler=handler) + "/gt.h5.gz"
+    with pytest.raises(ConnectionError, match=r"gt\.h5\.gz.*connection cut at byte \d+ of 1240524.*2 attempts"):
+        dl.fetch(url, tmp_path / "gt.h5.gz", retries=1)
+    assert len(handler.requests) == 2 and _listing(tmp_path) == []
+
+
+def test_fetch_offline_names_url(tmp_path):
+    url = f"http://127.0.0.1:{_closed_port()}/x.bin"
+    with pytest.raises(ConnectionError, match=rf"{url}.*offline"):
+        dl.fetch(url, tmp_path / "x.bin")
+    assert _listing(tmp_path) == []
