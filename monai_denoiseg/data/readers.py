@@ -22,6 +22,8 @@ from monai.data.image_reader import ImageReader, _copy_compatible_dict, _stack_i
 from monai.data.utils import is_supported_format
 from monai.utils import MetaKeys, SpaceKeys, ensure_tuple
 
+from monai_denoiseg.utils.validation import check_volume_shape, file_error, where
+
 __all__ = ["TiffStackReader", "CremiH5Reader", "to_torch_safe_ids", "UINT64_MODES"]
 
 PathLike = str | Path
@@ -153,16 +155,29 @@ class TiffStackReader(_ZYXReader):
     def _read_one(self, path: Path) -> tuple:
         import tifffile
 
-        with tifffile.TiffFile(path) as tif:
+        try:
+            tif = tifffile.TiffFile(path)
+        except MemoryError:
+            raise
+        except Exception as e:  # junk: TiffFileError, ValueError, struct.error, ...
+            raise file_error(path, None, "TIFF", e) from e
+        with tif:
             n_pages = len(tif.pages)
-            if n_pages > 1 and self.roi:  # decode only the selected pages, keep the z axis
-                pages = list(range(n_pages)[self.roi[0]])
-                array = np.stack([tif.pages[i].asarray() for i in pages]) if pages else None
-                if array is None:
-                    raise ValueError(f"roi: z range {self.roi[0]} selects no page of the {n_pages} in {str(path)!r}.")
-                array = array[(slice(None),) + self.roi[1:]]
-            else:
-                array = tif.asarray()[self.roi]
+            if n_pages == 0 or not tif.series:  # a valid header, then junk: tifffile would return shape (0,)
+                raise file_error(path, None, "TIFF", detail=" with image pages (found none)")
+            pages = list(range(n_pages)[self.roi[0]]) if n_pages > 1 and self.roi else None
+            if pages == []:
+                raise ValueError(f"roi: z range {self.roi[0]} selects no page of the {n_pages} in {str(path)!r}.")
+            try:
+                if pages:  # decode only the selected pages, keep the z axis
+                    array = np.stack([tif.pages[i].asarray() for i in pages])[(slice(None),) + self.roi[1:]]
+                else:
+                    array = tif.asarray()[self.roi]
+            except MemoryError:
+                raise
+            except Exception as e:  # truncated strips, bad compression
+                raise file_error(path, None, "TIFF", e) from e
+        check_volume_shape(array.shape, f"{where(path)} (roi {self.roi!r})" if self.roi else where(path), ndim=None)
         return np.ascontiguousarray(array), self.spacing, None, {"filename_or_obj": str(path)}
 
 
@@ -196,13 +211,22 @@ class CremiH5Reader(_ZYXReader):
     def _read_one(self, path: Path) -> tuple:
         import h5py
 
-        with h5py.File(path, "r") as f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise file_error(path, self.key, "HDF5", e) from e
+        with f:
             dataset = f.get(self.key)
             if not isinstance(dataset, h5py.Dataset):
                 available: list[str] = []
                 f.visititems(lambda name, obj: available.append(name) if isinstance(obj, h5py.Dataset) else None)
                 listing = ", ".join(available) or "none"
                 raise ValueError(f"key: no dataset {self.key!r} in {str(path)!r}; available datasets: {listing}.")
-            array = dataset[self.roi] if self.roi else dataset[()]
+            try:
+                array = dataset[self.roi] if self.roi else dataset[()]
+            except (OSError, RuntimeError) as e:  # a damaged chunk
+                raise file_error(path, self.key, "HDF5", e) from e
             spacing, origin = dataset.attrs.get("resolution"), dataset.attrs.get("offset")
+        name = where(path, self.key) + (f" (roi {self.roi!r})" if self.roi else "")
+        check_volume_shape(np.shape(array), name, ndim=None)
         return np.asarray(array), spacing, origin, {"filename_or_obj": str(path), "key": self.key}
