@@ -8,6 +8,7 @@ from a checkpoint sees exactly the batches of an uninterrupted one, whatever the
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -19,37 +20,134 @@ import torch
 from monai.transforms import Compose, RandFlipd, RandRotate90d
 
 from monai_denoiseg.data.noisy_copy import NOISES, make_noisy_copy
-from monai_denoiseg.data.readers import to_torch_safe_ids
+from monai_denoiseg.data.readers import INT64_MAX, to_torch_safe_ids
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D, LabelToAffinityd
+from monai_denoiseg.utils.validation import (
+    check_image,
+    check_labels,
+    check_same_shape,
+    check_volume_shape,
+    check_z_range,
+    file_error,
+    where,
+)
 
 __all__ = ["read_volume", "write_volume", "fixed_noisy_volume", "load_split", "PatchDataset", "train_transforms", "IMAGE_KEYS"]
 
 IMAGE_KEYS = ("noisy", "clean")
 
 
-def read_volume(path: str | os.PathLike, key: str | None = None, roi: Sequence[slice] | None = None) -> np.ndarray:
-    """A (Z, Y, X) array from a CREMI-layout HDF5 (``key`` = dataset), a TIFF stack or a NIfTI file."""
+_H5 = (".h5", ".hdf5", ".hdf", ".he5")
+_TIFF = (".tif", ".tiff")
+_NIFTI = (".nii", ".nii.gz")
+
+
+class _Source:
+    """A volume opened without reading its voxels: ``shape``, ``dtype`` and ``read(roi)``."""
+
+    def __init__(self, shape, dtype, read) -> None:
+        self.shape, self.dtype, self.read = tuple(int(s) for s in shape), np.dtype(dtype), read
+
+
+@contextlib.contextmanager
+def _open_volume(path: str | os.PathLike, key: str | None = None):
+    """Open ``path[key]`` (HDF5 dataset, TIFF stack, NIfTI) lazily; every failure names the file and key:
+    FileNotFoundError, KeyError (listing the datasets the file holds), OSError (truncated, corrupt, junk)."""
     path = Path(path).expanduser()
+    name = path.name.lower()
     if not path.is_file():
         raise FileNotFoundError(f"{key or 'volume'}: no file at {str(path)!r}.")
-    roi = tuple(roi) if roi is not None else (slice(None),)
-    name = path.name.lower()
-    if name.endswith((".h5", ".hdf5", ".hdf", ".he5")):
+    if name.endswith(_H5):
         import h5py
 
-        with h5py.File(path, "r") as f:
-            if key not in f:
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise file_error(path, key, "HDF5", e) from e
+        with f:
+            ds = f.get(key) if key else None
+            if not isinstance(ds, h5py.Dataset):
                 raise KeyError(f"{key!r}: no such dataset in {str(path)!r}; it has {sorted(_h5_datasets(f))}.")
-            return np.asarray(f[key][roi])
-    if name.endswith((".tif", ".tiff")):
+
+            def read(roi):
+                try:
+                    return np.asarray(ds[roi])
+                except (OSError, RuntimeError) as e:  # a damaged chunk
+                    raise file_error(path, key, "HDF5", e) from e
+
+            yield _Source(ds.shape, ds.dtype, read)
+        return
+    if name.endswith(_TIFF):
         import tifffile
 
-        return np.asarray(tifffile.imread(path))[roi]
-    if name.endswith((".nii", ".nii.gz")):
+        try:
+            tif = tifffile.TiffFile(path)
+        except MemoryError:
+            raise
+        except Exception as e:  # tifffile raises TiffFileError, ValueError, struct.error... for junk
+            raise file_error(path, None, "TIFF", e) from e
+        with tif:
+            series = tif.series[0] if tif.series else None
+            shape = tuple(series.shape) if series is not None else ()
+            if not shape or 0 in shape:  # junk after a valid header: no pages, nothing to read
+                raise file_error(path, None, "TIFF", detail=f" with image pages (found {len(tif.series)} series, "
+                                 f"shape {shape})")
+
+            def read(roi):
+                try:
+                    return _read_tiff(series, shape, roi)
+                except MemoryError:
+                    raise
+                except Exception as e:  # truncated strips, bad compression
+                    raise file_error(path, None, "TIFF", e) from e
+
+            yield _Source(shape, series.dtype, read)
+        return
+    if name.endswith(_NIFTI):
         import nibabel as nib
 
-        return np.asarray(nib.load(path).dataobj).T[roi]  # NIfTI x-y-z -> z-y-x
+        try:
+            img = nib.load(path)
+            shape = tuple(img.shape)[::-1]
+        except MemoryError:
+            raise
+        except Exception as e:
+            raise file_error(path, None, "NIfTI", e) from e
+
+        def read(roi):
+            try:
+                return np.asarray(img.dataobj).T[roi]  # NIfTI x-y-z -> z-y-x
+            except MemoryError:
+                raise
+            except Exception as e:
+                raise file_error(path, None, "NIfTI", e) from e
+
+        yield _Source(shape, img.get_data_dtype(), read)
+        return
     raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
+
+
+def _read_tiff(series, shape: tuple[int, ...], roi: tuple) -> np.ndarray:
+    """Only the pages of the z range when the stack has one page per slice (ISBI/SNEMI), else the whole series."""
+    pages = series.pages
+    z = roi[0] if roi else slice(None)
+    if (len(shape) == 3 and isinstance(z, slice) and z != slice(None) and len(pages) == shape[0]
+            and all(p is not None for p in pages) and tuple(pages[0].shape) == shape[1:]):
+        index = range(shape[0])[z]
+        if not len(index):
+            return np.empty((0, *shape[1:]), series.dtype)[(slice(None), *roi[1:])]
+        return np.stack([pages[i].asarray() for i in index])[(slice(None), *roi[1:])]
+    return np.asarray(series.asarray())[roi]
+
+
+def read_volume(path: str | os.PathLike, key: str | None = None, roi: Sequence[slice] | None = None) -> np.ndarray:
+    """A (Z, Y, X) array from a CREMI-layout HDF5 (``key`` = dataset), a TIFF stack or a NIfTI file.
+
+    ``roi`` reads a crop (HDF5 and one-page-per-slice TIFF stacks read only that). Errors name the file and
+    key: a missing key lists the file's datasets; a truncated, corrupt or junk file raises ``OSError``."""
+    roi = tuple(roi) if roi is not None else (slice(None),)
+    with _open_volume(path, key) as src:
+        return src.read(roi)
 
 
 def write_volume(path: str | os.PathLike, array: np.ndarray, key: str | None = None, overwrite: bool = False) -> Path:
@@ -145,6 +243,7 @@ def load_split(
     cache_dir: str | os.PathLike | None = None,
     keys: Sequence[str] = ("noisy", "clean", "label"),
     crop: Sequence[int] | None = None,
+    intensity_range: Sequence[float] | None = None,
 ) -> dict[str, np.ndarray]:
     """Aligned ``{"noisy", "clean", "label"}`` (Z, Y, X) arrays for the slices ``z_range = (start, stop)``.
 
@@ -153,32 +252,64 @@ def load_split(
     ``noise=None`` uses the raw image itself as the noisy input (real noise, no clean image). ``keys``
     selects what is returned: the Noise2Void strategies leave out ``"clean"``. ``crop = (H, W)`` keeps the
     centre of every slice (CREMI's 1024 x 1024 protocol); ``z_range`` accepts negative ends (``[-50, None]``).
+
+    Inputs are checked before training sees them (:mod:`monai_denoiseg.utils.validation`), errors naming file,
+    key and shape: from the headers, before any voxel is read, volumes are 3-D and non-empty, ``z_range`` lies
+    inside the volume, noisy and label volumes have the raw shape; on the data read, images are finite uint8
+    (any other dtype declares ``intensity_range = (low, high)`` and is rescaled to uint8 0-255, the scale
+    the toolkit trains on) and labels non-negative integer ids (whole-number float labels are converted).
+    Only the split is read, except the raw volume when a noisy copy of the whole volume is made.
     """
     out: dict[str, np.ndarray] = {}
-    raw = read_volume(path, raw_key)
-    if raw.ndim != 3:
-        raise ValueError(f"{raw_key}: expected a (Z, Y, X) volume, got shape {raw.shape} in {str(path)!r}.")
-    z = (slice(*z_range) if z_range is not None else slice(None), *_centre_crop(raw.shape, crop))
+    raw_name = where(path, raw_key)
+    if "clean" in keys and noise is None and noisy_path is None:
+        raise ValueError("clean: requested, but noise=None makes the raw image the noisy input (no clean image).")
+    make_noise = "noisy" in keys and noisy_path is None and noise is not None
+    need_raw = make_noise or "clean" in keys or ("noisy" in keys and noisy_path is None)
+    with _open_volume(path, raw_key) as src:
+        shape = check_volume_shape(src.shape, raw_name)
+        z = check_z_range(z_range, shape[0], raw_name)
+        roi = (z, *_centre_crop(shape, crop))
+        raw = src.read((slice(None),) if make_noise else roi) if need_raw else None
+    span = f"z {z.start}-{z.stop}"
+    if raw is not None:  # the whole volume when it is read whole (the noisy copy covers it), else the split
+        name, z0 = (where(path, raw_key), 0) if make_noise else (where(path, raw_key, span), z.start)
+        raw = _to_uint8(raw, check_image(raw, name, intensity_range, z0))
+        split = raw[roi] if make_noise else raw
     if "noisy" in keys:
         if noisy_path is not None:
-            noisy = read_volume(noisy_path, noisy_key)
+            noisy_name = where(noisy_path, noisy_key)
+            with _open_volume(noisy_path, noisy_key) as nsrc:
+                check_same_shape(nsrc.shape, shape, noisy_name, raw_name)
+                noisy = nsrc.read(roi)
+            out["noisy"] = _to_uint8(noisy, check_image(noisy, f"{noisy_name}, {span}", intensity_range, z.start))
         elif noise is None:
-            noisy = raw
+            out["noisy"] = split
         else:
-            tag = f"{Path(path).resolve()}:{raw_key}"
+            tag = f"{Path(path).resolve()}:{raw_key}" + (f":{list(intensity_range)}" if intensity_range else "")
             noisy = fixed_noisy_volume(raw, noise, noise_seed, cache_dir, tag=tag, **dict(noise_params or {}))
-        if noisy.shape != raw.shape:
-            raise ValueError(f"noisy: expected the raw shape {raw.shape}, got {noisy.shape}.")
-        out["noisy"] = noisy[z]
+            out["noisy"] = np.ascontiguousarray(noisy[roi])  # a copy: the whole noisy volume is freed
     if "clean" in keys:
-        if noise is None and noisy_path is None:
-            raise ValueError("clean: requested, but noise=None makes the raw image the noisy input (no clean image).")
-        out["clean"] = raw[z]
+        out["clean"] = np.ascontiguousarray(split)
     if "label" in keys:
-        label = read_volume(label_path or path, label_key)
-        if label.shape != raw.shape:
-            raise ValueError(f"{label_key}: expected the raw shape {raw.shape}, got {label.shape}.")
-        out["label"] = label[z]
+        label_name = where(label_path or path, label_key)
+        with _open_volume(label_path or path, label_key) as lsrc:
+            check_same_shape(lsrc.shape, shape, label_name, raw_name)
+            label = lsrc.read(roi)
+        out["label"] = check_labels(label, f"{label_name}, {span}", z_offset=z.start)
+    return out
+
+
+def _to_uint8(x: np.ndarray, intensity: tuple[float, float]) -> np.ndarray:
+    """``x`` with its checked range ``(low, high)`` mapped to uint8 0-255 (uint8 0-255 passes as it is)."""
+    low, high = intensity
+    if x.dtype == np.uint8 and (low, high) == (0.0, 255.0):
+        return x
+    out = np.empty(x.shape, np.uint8)
+    step = max(1, (16 * 2**20) // max(1, x[:1].size))  # float32 temporaries of about 64 MiB
+    for i in range(0, x.shape[0], step):
+        block = (x[i:i + step].astype(np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+        out[i:i + step] = np.clip(np.rint(block), 0, 255)
     return out
 
 
@@ -219,7 +350,10 @@ class PatchDataset(torch.utils.data.Dataset):
 
     Args:
         volumes: arrays of one shape, e.g. :func:`load_split`'s dict; images (``image_keys``) are scaled
-            to [0, 1] float32 (uint8 / 255), the label stays an integer id map (int64).
+            to [0, 1] float32 (uint8 / 255), the label stays an integer id map (int64). In-memory arrays are
+            checked whole here (finite uint8 images, non-negative integer ids below 2**63; whole-number float
+            labels are converted), so a bad voxel fails at once, not when a random patch meets it; other
+            array-likes (e.g. h5py datasets) are checked patch by patch.
         patch_size: (H, W) for 2-D slices (a random z, then a random crop) or (D, H, W) for 3-D patches.
         samples_per_epoch: length of an epoch.
         transform: dictionary transform applied to each (1, *patch) item, e.g. :func:`train_transforms`;
@@ -230,6 +364,7 @@ class PatchDataset(torch.utils.data.Dataset):
             all zeros, and every item carries ``"labelled"`` (1.0 or 0.0, shape (1,)) so that the trainer
             leaves unlabelled items out of the segmentation loss while the Noise2Void terms use them all
             (the second paper trains its denoiser on every noisy image, its segmenter on the annotated ones).
+        intensity_range: (low, high) of non-uint8 images, mapped to [0, 1]; None: images must be uint8.
     """
 
     def __init__(
@@ -242,6 +377,7 @@ class PatchDataset(torch.utils.data.Dataset):
         image_keys: Sequence[str] = IMAGE_KEYS,
         unlabelled: Mapping[str, np.ndarray] | None = None,
         unlabelled_fraction: float = 0.5,
+        intensity_range: Sequence[float] | None = None,
     ) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) not in (2, 3):
@@ -251,6 +387,8 @@ class PatchDataset(torch.utils.data.Dataset):
         self.volumes, self.shape = dict(volumes), self._check_volumes("volumes", volumes)
         self.samples_per_epoch, self.transform, self.seed = int(samples_per_epoch), transform, int(seed)
         self.image_keys = tuple(k for k in image_keys if k in volumes)
+        self.intensity_range = None if intensity_range is None else tuple(float(v) for v in intensity_range)
+        self.volumes = self._check_values("volumes", self.volumes)
         self.unlabelled, self.unlabelled_fraction = None, float(unlabelled_fraction)
         if unlabelled is not None:
             if not 0.0 <= self.unlabelled_fraction <= 1.0:
@@ -260,9 +398,10 @@ class PatchDataset(torch.utils.data.Dataset):
                 raise ValueError(f"unlabelled: has keys {sorted(unlabelled)}, but every item needs the images "
                                  f"{missing} (only strategies that never read the clean image can use unlabelled data).")
             shape = self._check_volumes("unlabelled", {k: unlabelled[k] for k in self.image_keys})
-            zeros = {k: np.broadcast_to(np.zeros((), np.asarray(v).dtype), shape)  # labels: zeros, no memory
+            images = self._check_values("unlabelled", {k: unlabelled[k] for k in self.image_keys})
+            zeros = {k: np.broadcast_to(np.zeros((), np.asarray(v[:0]).dtype), shape)  # labels: zeros, no memory
                      for k, v in self.volumes.items() if k not in self.image_keys}
-            self.unlabelled = ({**{k: unlabelled[k] for k in self.image_keys}, **zeros}, shape)
+            self.unlabelled = ({**images, **zeros}, shape)
         self.epoch = 0
 
     def _check_volumes(self, name: str, volumes: Mapping[str, np.ndarray]) -> tuple[int, ...]:
@@ -272,9 +411,24 @@ class PatchDataset(torch.utils.data.Dataset):
         shape = next(iter(shapes.values()))
         if len(shape) != 3:
             raise ValueError(f"{name}: expected (Z, Y, X) arrays, got shapes {shapes}.")
+        if 0 in shape:  # else numpy's "high <= 0" when the first patch is drawn
+            raise ValueError(f"{name}: expected non-empty (Z, Y, X) arrays, got shapes {shapes}.")
         if any(p > s for p, s in zip(self.patch_size[::-1], shape[::-1])):
             raise ValueError(f"patch_size: {self.patch_size} does not fit in the {name} shape {shape}.")
         return shape
+
+    def _check_values(self, name: str, volumes: Mapping) -> dict:
+        """In-memory arrays checked whole (labels converted); lazy array-likes pass, checked per patch."""
+        checked = {}
+        for key, vol in volumes.items():
+            if not isinstance(vol, np.ndarray):
+                checked[key] = vol
+            elif key in self.image_keys:
+                check_image(vol, f"{name}[{key!r}]", self.intensity_range)
+                checked[key] = vol
+            else:
+                checked[key] = check_labels(vol, f"{name}[{key!r}]", max_id=INT64_MAX)
+        return checked
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -293,10 +447,19 @@ class PatchDataset(torch.utils.data.Dataset):
         start = [int(rng.integers(0, s - p + 1)) for s, p in zip(shape, full)]
         roi = tuple(slice(a, a + p) for a, p in zip(start, full))
         item = {}
+        low, high = self.intensity_range or (0.0, 255.0)
         for key, vol in volumes.items():
             patch = np.asarray(vol[roi]).reshape((1,) + self.patch_size)  # (1, *patch): channel first
+            if not isinstance(vol, np.ndarray):  # lazy: checked where it is read
+                file = getattr(getattr(vol, "file", None), "filename", None)  # an h5py dataset names its file
+                name = f"{where(file, getattr(vol, 'name', key))} ({key!r})" if file else repr(key)
+                name += f", patch at {tuple(start)}"
+                if key in self.image_keys:
+                    check_image(patch, name, self.intensity_range)
+                else:
+                    patch = check_labels(patch, name, max_id=INT64_MAX)
             if key in self.image_keys:
-                item[key] = torch.from_numpy(patch.astype(np.float32) / 255.0)
+                item[key] = torch.from_numpy((patch.astype(np.float32) - low) / (high - low))
             else:
                 item[key] = torch.from_numpy(to_torch_safe_ids(patch, name=key).astype(np.int64))  # ids >= 2**63 raise
         if self.transform is not None:
