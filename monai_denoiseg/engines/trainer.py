@@ -17,20 +17,24 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Events
+from ignite.handlers import Checkpoint
 from ignite.metrics import Average
 from monai.engines import SupervisedTrainer
-from monai.handlers import CheckpointLoader, CheckpointSaver, LrScheduleHandler
+from monai.handlers import CheckpointSaver, LrScheduleHandler
 from torch import nn
 
+from monai_denoiseg.engines.handlers import (EPOCH_PATTERN, ResumeFromCheckpoint, attach_validation_log,
+                                             checkpoint_candidates, make_atomic)
 from monai_denoiseg.engines.strategies import LOSS_TERMS, Strategy, get_strategy, strategy_loss
 from monai_denoiseg.networks.nets.joint import STAGES, JointDenoiSegNet
 from monai_denoiseg.transforms.n2v import RandN2VMask
+from monai_denoiseg.utils.atomic import atomic_path
 
 __all__ = ["DenoiSegTrainer", "make_optimizer", "poly_scheduler", "load_stage", "load_network_weights", "stage_state_dict",
            "latest_checkpoint"]
@@ -71,10 +75,10 @@ def stage_state_dict(network: JointDenoiSegNet, stage: str) -> dict[str, torch.T
 
 
 def latest_checkpoint(folder: str | os.PathLike) -> Path | None:
-    """The newest epoch-end checkpoint (``*epoch=<n>.pt``) in ``folder``, or None."""
-    folder = Path(folder)
-    found = [(int(m.group(1)), p) for p in folder.glob("*epoch=*.pt") if (m := re.search(r"epoch=(\d+)", p.name))]
-    return max(found)[1] if found else None
+    """The newest epoch-end checkpoint (``*epoch=<n>.pt``) in ``folder``, or None (loadable or not: resuming
+    uses :class:`~monai_denoiseg.engines.handlers.ResumeFromCheckpoint`, which skips unreadable ones)."""
+    found = checkpoint_candidates(folder)
+    return found[0] if found else None
 
 
 def load_network_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
@@ -105,6 +109,18 @@ def load_stage(network: JointDenoiSegNet, stage: str, path: str | os.PathLike) -
     getattr(network, stage).load_state_dict(state)
 
 
+def _savers_of(engine) -> list[CheckpointSaver]:
+    """The MONAI ``CheckpointSaver`` attached to ``engine`` (found through its event handlers)."""
+    found: list[CheckpointSaver] = []
+    for entries in getattr(engine, "_event_handlers", {}).values():
+        for fn, _, _ in entries:
+            fn = fn._parent() if hasattr(fn, "_parent") else fn  # handlers of filtered events are wrapped
+            owner = getattr(fn, "__self__", None)
+            if isinstance(owner, CheckpointSaver) and all(owner is not f for f in found):
+                found.append(owner)
+    return found
+
+
 class DenoiSegTrainer(SupervisedTrainer):
     """Train a :class:`JointDenoiSegNet` with one strategy (``"joint"``, ``"sequential"``, ... see ``STRATEGIES``).
 
@@ -126,9 +142,12 @@ class DenoiSegTrainer(SupervisedTrainer):
             ``strategy.pretrain`` and cached as ``<output_dir>/pretrained_<stage>.pt``.
         seed: base seed of the per-iteration blind spots and dropout.
         lr_scheduler: stepped once per iteration (e.g. :func:`poly_scheduler`).
-        checkpoint_dir: where epoch-end checkpoints (network, optimiser, scheduler, trainer state) go,
-            every ``checkpoint_interval`` epochs; with ``resume`` the newest one there is loaded at
-            start, so a killed run continues where it stopped.
+        checkpoint_dir: where epoch-end checkpoints (network, optimiser, scheduler, trainer state, the
+            best-model trackers of validators) go, every ``checkpoint_interval`` epochs; with ``resume`` the
+            newest loadable one there is loaded at start, so a killed run continues where it stopped.
+            Every checkpoint, and the best models that validators' ``CheckpointSaver`` keep, is written
+            atomically and the previous one deleted only after it (:class:`AtomicDiskSaver`): a kill at any
+            instant leaves a loadable checkpoint.
         amp: mixed precision (float16 autocast + GradScaler), CUDA only; ignored on the CPU.
     """
 
@@ -183,6 +202,7 @@ class DenoiSegTrainer(SupervisedTrainer):
         self.lr_scheduler = lr_scheduler
         if lr_scheduler is not None:
             LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=False).attach(self)
+        self.best_trackers = self._watch_validators(train_handlers)
         if checkpoint_dir is not None:
             self._attach_checkpoints(Path(checkpoint_dir), int(checkpoint_interval), resume)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
@@ -191,15 +211,57 @@ class DenoiSegTrainer(SupervisedTrainer):
             if term == "loss" or term in self.strategy.weights:
                 Average(output_transform=lambda out, t=term: out["terms"][t]).attach(self, f"train_{term}")
 
+    def _watch_validators(self, handlers: Sequence | None) -> dict[str, Checkpoint]:
+        """Make the ``CheckpointSaver`` of this trainer's handlers and of its validators (``ValidationHandler``)
+        atomic, log each validation's metrics and best model, and return the validators' key-metric trackers
+        (so that a resumed run keeps the best model of the epochs before the kill, not the next one it sees)."""
+        trackers: dict[str, Checkpoint] = {}
+        for handler in handlers or ():
+            if isinstance(handler, CheckpointSaver):
+                make_atomic(handler, self.logger)
+            validator = getattr(handler, "validator", None)
+            if validator is None:
+                continue
+            best = []
+            for saver in _savers_of(validator):
+                make_atomic(saver, self.logger)
+                if saver._key_metric_checkpoint is not None:
+                    trackers[f"best_model_{len(trackers)}"] = saver._key_metric_checkpoint
+                    best.append(saver._key_metric_checkpoint.save_handler)
+            attach_validation_log(validator, self.logger, best)
+        return trackers
+
     def _attach_checkpoints(self, folder: Path, interval: int, resume: bool) -> None:
         state = {"network": self.core, "optimizer": self.optimizer, "trainer": self}
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler
-        if resume and (latest := latest_checkpoint(folder)) is not None:
-            logger.info("resuming from %s", latest)
-            CheckpointLoader(str(latest), state, map_location=self.state.device).attach(self)
-        CheckpointSaver(str(folder), state, save_interval=interval, epoch_level=True, n_saved=1,
-                        save_final=False).attach(self)
+        state.update(self.best_trackers)
+        saver = make_atomic(CheckpointSaver(str(folder), state, save_interval=interval, epoch_level=True, n_saved=1,
+                                            save_final=False), self.logger)
+        if resume:
+            resumer = ResumeFromCheckpoint(folder, state, optional=tuple(self.best_trackers),
+                                           map_location=self.state.device)
+            resumer.attach(self)
+            self.add_event_handler(Events.STARTED, self._adopt_resumed, resumer, saver)
+        saver.attach(self)
+
+    @staticmethod
+    def _adopt_resumed(engine, resumer: ResumeFromCheckpoint, saver: CheckpointSaver) -> None:
+        """The saver of a resumed run owns the checkpoint it resumed from (deleted after the next save, as in
+        the uninterrupted run) and the folder's other checkpoints (older ones a kill kept, unreadable ones)."""
+        if resumer.loaded is None or saver._interval_checkpoint is None:
+            return
+        cp = saver._interval_checkpoint
+        if (m := EPOCH_PATTERN.search(resumer.loaded.name)) and not cp._saved:
+            cp._saved.append(Checkpoint.Item(int(m.group(1)), resumer.loaded.name))
+        cp.save_handler.pending_removal.extend(p.name for p in resumer.others)
+
+    def run(self) -> None:
+        """Train; in a distributed run all ranks then wait for each other (rank 0 validates and saves after the
+        last epoch, and a rank that tore its process group down meanwhile could crash the other's gloo)."""
+        super().run()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.barrier()
 
     # ------------------------------------------------------------------------------------------
     @staticmethod
@@ -242,8 +304,8 @@ class DenoiSegTrainer(SupervisedTrainer):
                         self.pretrain_iterations)
             self.pretrain(pre, self.pretrain_iterations)
             if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                torch.save(stage_state_dict(self.core, stage), cached)
+                with atomic_path(cached) as tmp:  # a kill here must not leave a truncated cache to load next time
+                    torch.save(stage_state_dict(self.core, stage), tmp)
         self._set_frozen(self.strategy)
 
     def pretrain(self, strategy: str | Strategy, iterations: int) -> dict[str, float]:
