@@ -135,7 +135,8 @@ def test_truncated_tiff_names_the_file(tmp_path, isbi_crop):
         LoadImage(reader=TiffStackReader(), dtype=None)(path)
 
 
-@pytest.mark.parametrize("junk", [b"II*\x00" + bytes(range(256)) * 4, b"not an image at all\n" * 50])
+@pytest.mark.parametrize("junk", [b"II*\x00" + bytes(range(256)) * 4, b"not an image at all\n" * 50],
+                         ids=["tiff-header-then-junk", "text"])
 def test_junk_bytes_named_tif_are_refused_not_read_as_an_empty_array(tmp_path, junk):
     path = tmp_path / "junk.tif"
     path.write_bytes(junk)
