@@ -1,5 +1,5 @@
 """Downloads end to end against loopback HTTP servers (no internet): the upstream mirror in ../shared/data, a tampered
-copy of it in tmp_path, and servers that trickle, stall or cut the connection."""
+copy of it in tmp_path, and servers that trickle, stall or cut the connection; zips checked before extraction."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import shutil
 import socket
 import threading
 import time
+import warnings
+import zipfile
 from functools import cache, partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -385,3 +387,56 @@ def test_fetch_offline_names_url(tmp_path):
     with pytest.raises(ConnectionError, match=rf"{url}.*offline"):
         dl.fetch(url, tmp_path / "x.bin")
     assert _listing(tmp_path) == []
+
+
+def _zip(path: Path, members: list[tuple[str, bytes]], symlink: str | None = None) -> Path:
+    with warnings.catch_warnings(), zipfile.ZipFile(path, "w") as zf:
+        warnings.simplefilter("ignore")  # "Duplicate name": wanted here
+        for name, data in members:
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (0o120777 << 16)  # S_IFLNK
+            zf.writestr(info, "/etc/passwd")
+    return path
+
+
+def test_zip_traversal_refused_before_anything_is_extracted(tmp_path):
+    good = [("tiny/configs/a.yaml", b"a: 1"), ("tiny/models/b.txt", b"b")]
+    archive = _zip(tmp_path / "bad.zip", [*good, ("../evil", b"x"), ("tiny/z.txt", b"z")])
+    dest = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"bad\.zip: refused, nothing extracted: 1 unsafe member.*'\.\./evil'"):
+        dl.extract_zip(archive, dest)
+    assert not dest.exists() and not (tmp_path / "evil").exists()
+
+    archive = _zip(tmp_path / "worse.zip", [*good, ("/abs", b""), ("tiny/../../x", b""), ("tiny/configs/a.yaml", b"")],
+                   symlink="tiny/link")
+    with pytest.raises(ValueError) as err:
+        dl.extract_zip(archive, dest)
+    msg = str(err.value)
+    assert "4 unsafe member(s)" in msg and "absolute path" in msg and "'tiny/../../x'" in msg
+    assert "symbolic link" in msg and "given twice" in msg
+    assert not dest.exists()
+
+
+def test_zip_extracted_all_or_nothing_and_bundle_download(tmp_path, serve):
+    site = tmp_path / "site"
+    site.mkdir()
+    archive = _zip(site / "tiny_v0.1.0.zip", [("tiny/configs/a.yaml", b"a: 1"), ("tiny/LICENSE", b"MIT")])
+    dest = tmp_path / "bundles"
+    assert dl.extract_zip(archive, dest) == [dest / "tiny"]
+    assert (dest / "tiny" / "configs" / "a.yaml").read_bytes() == b"a: 1" and _listing(dest) == ["tiny"]
+    with pytest.raises(FileExistsError, match="tiny"):
+        dl.extract_zip(archive, dest)  # never replaced silently
+    assert _listing(dest) == ["tiny"]
+
+    url = serve(site) + "/tiny_v0.1.0.zip"
+    got = dl.download_bundle(url, tmp_path / "b2", "tiny", md5=dl.md5sum(archive))
+    assert got == tmp_path / "b2" / "tiny" and (got / "LICENSE").read_bytes() == b"MIT"
+    assert _listing(tmp_path / "b2") == ["tiny"]
+    with pytest.raises(ValueError, match=r"single top folder 'other', got \['tiny'\]"):
+        dl.download_bundle(url, tmp_path / "b3", "other")
+    assert _listing(tmp_path / "b3") == []
+    with pytest.raises(ValueError, match="md5 mismatch"):
+        dl.download_bundle(url, tmp_path / "b4", "tiny", md5="0" * 32)
+    assert _listing(tmp_path / "b4") == []

@@ -5,8 +5,8 @@ The project never ships data: a dataset is read from a local copy (``data_dir`` 
 download goes to a temporary name in the target folder and is renamed only once it is complete and
 checked, so that a killed download never leaves a file that looks finished; an existing output that
 does not open, lacks a dataset or has the wrong shape is detected and downloaded again. Every file from a
-fixed upstream is md5-checked (:data:`MEDULLA_MD5`), and every transfer has a deadline and a minimum rate (a
-trickling server cannot hang a run).
+fixed upstream is md5-checked (:data:`MEDULLA_MD5`), every transfer has a deadline and a minimum rate (a
+trickling server cannot hang a run), and a zip is checked as a whole before anything is extracted.
 
 Only urllib is used (``http``, ``https`` and ``file`` URLs), so that a loopback server or a local
 mirror (``base_url="file:///path/to/mirror"``) replaces the internet in tests and on offline machines.
@@ -26,11 +26,13 @@ import os
 import re
 import socket
 import ssl
+import stat
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +49,9 @@ __all__ = [
     "download_cremi",
     "check_cremi_file",
     "md5sum",
+    "check_zip",
+    "extract_zip",
+    "download_bundle",
     "MEDULLA_MD5",
     "DATA_ENV",
     "MEDULLA_BASE_URL",
@@ -522,6 +527,86 @@ def download_cremi(
         if problem is not None:
             raise ValueError(f"{name}: the download from {url!r} is not a usable CREMI HDF5 file: {problem}.")
         os.replace(part, out)
+    return out
+
+
+def check_zip(path: PathLike) -> list[str]:
+    """Names of all members of the zip ``path``, after checking every one before anything is extracted.
+
+    Raises ``ValueError`` listing each unsafe member: an absolute path or drive, a ``..`` component, a symbolic link
+    or other special file, or a name given twice (a later copy would silently replace the first). MONAI's
+    ``extractall`` checks member by member while extracting, so the members before a bad one are already written.
+    """
+    problems, seen = [], set()
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{Path(path).name}: not a zip file ({e}).") from e
+    for info in infos:
+        name = info.filename
+        parts = [p for p in re.split(r"[/\\]", name) if p not in ("", ".")]
+        kind = stat.S_IFMT(info.external_attr >> 16)
+        if not parts or "\0" in name:
+            problems.append(f"{name!r}: empty or invalid name")
+        elif name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+            problems.append(f"{name!r}: absolute path")
+        elif ".." in parts:
+            problems.append(f"{name!r}: '..' leads out of the target folder")
+        elif kind == stat.S_IFLNK:
+            problems.append(f"{name!r}: symbolic link")
+        elif kind not in (0, stat.S_IFREG, stat.S_IFDIR):
+            problems.append(f"{name!r}: special file (mode {oct(kind)})")
+        elif "/".join(parts) in seen:
+            problems.append(f"{name!r}: given twice")
+        seen.add("/".join(parts))
+    if problems:
+        raise ValueError(f"{Path(path).name}: refused, nothing extracted: {len(problems)} unsafe member(s): "
+                         + "; ".join(problems) + ".")
+    return [info.filename for info in infos]
+
+
+def extract_zip(path: PathLike, dest: PathLike) -> list[Path]:
+    """Extract the zip ``path`` into ``dest`` all or nothing; return the top-level paths it created.
+
+    The whole archive is checked first (:func:`check_zip`), then extracted into a temporary folder in ``dest``
+    whose top-level entries are renamed into place; an existing entry of the same name raises ``FileExistsError``
+    and an error while extracting (bad CRC, full disk) leaves ``dest`` as it was.
+    """
+    check_zip(path)
+    dest = Path(dest).expanduser()
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".extract.", dir=dest) as tmp_dir, zipfile.ZipFile(path) as zf:
+        zf.extractall(tmp_dir)
+        tops = sorted(Path(tmp_dir).iterdir())
+        existing = [dest / top.name for top in tops if (dest / top.name).exists()]
+        if existing:
+            raise FileExistsError(f"{Path(path).name}: not extracted, {', '.join(map(str, existing))} exist(s) "
+                                  "already; delete it to extract again.")
+        for top in tops:
+            os.replace(top, dest / top.name)
+    return [dest / top.name for top in tops]
+
+
+def download_bundle(url: str, bundle_dir: PathLike, name: str, md5: str | None = None, **limits) -> Path:
+    """Download the Model Zoo zip at ``url`` and extract it into ``bundle_dir/name``; return that folder.
+
+    What ``monai.bundle download --url`` does, but bounded in time (``limits``: ``timeout``, ``deadline``,
+    ``min_rate``, ``retries`` of :func:`fetch`), md5-checked when ``md5`` is given, checked as a whole before
+    anything is extracted (:func:`extract_zip`), and refusing a zip whose top folder is not ``name`` or an existing
+    ``bundle_dir/name`` (MONAI silently keeps an old one).
+    """
+    bundle_dir = Path(bundle_dir).expanduser()
+    out = bundle_dir / name
+    if out.exists():
+        raise FileExistsError(f"{str(out)!r} exists already; delete it to download the bundle again.")
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".bundle_download.", dir=bundle_dir) as tmp_dir:
+        archive = fetch(url, Path(tmp_dir) / f"{name}.zip", md5=md5, **limits)
+        tops = {re.split(r"[/\\]", member)[0] for member in check_zip(archive)}
+        if tops != {name}:
+            raise ValueError(f"{url!r}: a bundle zip must hold the single top folder {name!r}, got {sorted(tops)}.")
+        extract_zip(archive, bundle_dir)
     return out
 
 
