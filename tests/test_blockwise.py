@@ -336,6 +336,9 @@ def test_bad_input_is_refused_clearly(isbi_stack, tmp_path):
     group.create_array("raw", data=raw)
     group.create_array("flat", data=raw[0])
     group.create_array("float", data=raw.astype(np.float32) / 127.5)  # 0-2: outside a declared (0, 1)
+    with_nan = raw.astype(np.float32)
+    with_nan[3, 300, 10] = np.nan  # in the last block only
+    group.create_array("nan", data=with_nan)
     with pytest.raises(KeyError, match=r"'rwa'.*raw"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o2", "rwa", **kw)
     with pytest.raises(ValueError, match=r"\(Z, Y, X\).*\(320, 352\)"):
@@ -344,11 +347,13 @@ def test_bad_input_is_refused_clearly(isbi_stack, tmp_path):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o4", "float", **kw)
     with pytest.raises(BlockwiseError, match=r"vol.zarr\[float\] block .* outside the declared intensity_range"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o5", "float", intensity_range=(0, 1), **kw)
+    with pytest.raises(BlockwiseError, match=r"vol.zarr\[nan\] block .*NaN"):
+        run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o7", "nan", intensity_range=(0, 255), **kw)
     with pytest.raises(ValueError, match="block_shape.*stride"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o6", "raw", **{**kw, "block_shape": (2, 50, 50)})
     with pytest.raises(ValueError, match="overwrite the input"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path, "raw", **kw)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) in ([], ["o5"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) in ([], ["o5"], ["o5", "o7"])
 
 
 def test_open_volume_reads_every_format_lazily(isbi_stack, tmp_path):
