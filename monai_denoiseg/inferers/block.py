@@ -227,6 +227,10 @@ class BlockInferer:
         return {k: v[crop].clone() for k, v in out.items()}
 
 
+#: 3-D volumes up to this size are predicted by predict_volume as one block (the 250^3 medulla cube is 1.6e7)
+_WHOLE_VOLUME_VOXELS = 2**25
+
+
 def _blocks(shape: Sequence[int], block_shape: Sequence[int]):
     """(offset, size) of the blocks tiling ``shape``, the last one along each axis shrunk to fit."""
     ranges = [range(0, n, b) for n, b in zip(shape, block_shape)]
@@ -259,7 +263,8 @@ def predict_volume(
             image is fine (MONAI pads and crops back).
         spatial_dims: 2 = every z-slice on its own with 2-D windows (the paper's protocol); 3 = a 3-D window.
         block_shape: (z, y, x) voxels per block, as the blockwise pipeline (:mod:`monai_denoiseg.blockwise`) runs
-            them on files (default :meth:`BlockInferer.default_block_shape`); the result does not depend on it.
+            them on files (default :meth:`BlockInferer.default_block_shape`, or one block for a 3-D volume of up
+            to 2^25 voxels: no context computed twice); the result does not depend on it.
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims!r}.")
@@ -279,6 +284,9 @@ def predict_volume(
     inferer = BlockInferer(roi_size, overlap=overlap, sw_batch_size=sw_batch_size, mode=mode, device=device, amp=amp)
     x = x.to(torch.float32)
     shape = tuple(x.shape[1:])
+    if block_shape is None and spatial_dims == 3 and np.prod(shape) <= _WHOLE_VOLUME_VOXELS:
+        # the volume is in RAM anyway: one block, so no window is computed twice for the context of another
+        block_shape = tuple(-(-n // s) * s for n, s in zip(shape, inferer._zyx(inferer.stride, 1)))
     block_shape = inferer.check_block_shape(block_shape if block_shape is not None else inferer.default_block_shape(shape))
 
     def read(begin, end):
