@@ -351,9 +351,16 @@ def test_bad_input_is_refused_clearly(isbi_stack, tmp_path):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o7", "nan", intensity_range=(0, 255), **kw)
     with pytest.raises(ValueError, match="block_shape.*stride"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path / "o6", "raw", **{**kw, "block_shape": (2, 50, 50)})
+    cut = tmp_path / "cut.tif"  # a TIFF stack cut short: opens, fails when its last pages are read
+    tifffile.imwrite(cut, raw)
+    os.truncate(cut, cut.stat().st_size * 3 // 4)
+    with pytest.raises(BlockwiseError, match=r"cut.tif.* block .*truncated or corrupt"):
+        run_blockwise(net, cut, tmp_path / "o8", **kw)
+    with pytest.raises(ValueError, match=r"voxel_size.*\(4, 4\)"):
+        run_blockwise(net, src, tmp_path / "o9", voxel_size=(4, 4), **kw)
     with pytest.raises(ValueError, match="overwrite the input"):
         run_blockwise(net, tmp_path / "vol.zarr", tmp_path, "raw", **kw)
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) in ([], ["o5"], ["o5", "o7"])
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("o")) in ([], ["o5"], ["o5", "o7"], ["o5", "o7", "o8"])
 
 
 def test_open_volume_reads_every_format_lazily(isbi_stack, tmp_path):

@@ -160,8 +160,10 @@ def open_volume(path: str | os.PathLike, key: str | None = None,
         raise ValueError(f"{where}: expected a (Z, Y, X) volume, got shape {shape}.")
     if 0 in shape:
         raise ValueError(f"{where}: the volume is empty, shape {shape}.")
+    if voxel_size is not None and (len(voxel_size) != 3 or not all(float(v) >= 1 for v in voxel_size)):
+        raise ValueError(f"voxel_size: expected (z, y, x) in whole nm >= 1, got {tuple(voxel_size)!r}.")
     vs = voxel_size if voxel_size is not None else file_voxel_size
-    vs = (1, 1, 1) if vs is None or len(vs) != 3 else vs
+    vs = (1, 1, 1) if vs is None or len(vs) != 3 else vs  # the file's, when it states one for these 3 axes
     vs = tuple(max(1, int(round(float(v)))) for v in vs)
     chunks = getattr(src, "chunks", None) or "auto"
     return Array(src, offset=(0, 0, 0), voxel_size=vs, axis_names=["z", "y", "x"], units=["nm"] * 3, chunks=chunks)

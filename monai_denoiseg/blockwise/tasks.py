@@ -183,7 +183,11 @@ class DenoiSegPredict(_ZYXTask):
 
         def read(begin, end):
             roi = Roi(Coordinate(begin) * self.voxel_size, (Coordinate(end) - Coordinate(begin)) * self.voxel_size)
-            data = source.to_ndarray(roi)
+            try:
+                data = source.to_ndarray(roi)
+            except Exception as e:  # a truncated or corrupt file: say which file and where
+                raise OSError(f"{where} block {begin}-{end}: could not read ({type(e).__name__}: {e}); the file "
+                              "may be truncated or corrupt.") from e
             check_intensity(data, key=f"{where} block {begin}-{end}", intensity_range=self.intensity_range)
             return data
 
