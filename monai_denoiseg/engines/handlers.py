@@ -86,7 +86,7 @@ class AtomicDiskSaver(BaseSaveHandler):
             if old != name:
                 (self.dirname / old).unlink(missing_ok=True)
         self.pending_removal.clear()
-        for stale in self.dirname.glob(f".{glob_escape(name)}.*.part"):  # left by a kill during an earlier save
+        for stale in self.dirname.glob(f".{_glob_escape(name)}.*.part"):  # left by a kill during an earlier save
             stale.unlink(missing_ok=True)
         value = None
         if self.best_metric is not None and metadata is not None and "priority" in metadata:
@@ -101,7 +101,7 @@ class AtomicDiskSaver(BaseSaveHandler):
             self.pending_removal.append(self.filename or filename)
 
 
-def glob_escape(name: str) -> str:
+def _glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 

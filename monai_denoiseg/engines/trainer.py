@@ -29,8 +29,8 @@ from monai.engines import SupervisedTrainer
 from monai.handlers import CheckpointSaver, LrScheduleHandler
 from torch import nn
 
-from monai_denoiseg.engines.handlers import (EPOCH_PATTERN, ResumeFromCheckpoint, attach_validation_log,
-                                             checkpoint_candidates, make_atomic)
+from monai_denoiseg.engines.handlers import (EPOCH_PATTERN, AtomicDiskSaver, ResumeFromCheckpoint,
+                                             attach_validation_log, checkpoint_candidates, make_atomic)
 from monai_denoiseg.engines.strategies import LOSS_TERMS, Strategy, get_strategy, strategy_loss
 from monai_denoiseg.networks.nets.joint import STAGES, JointDenoiSegNet
 from monai_denoiseg.transforms.n2v import RandN2VMask
@@ -227,7 +227,8 @@ class DenoiSegTrainer(SupervisedTrainer):
                 make_atomic(saver, self.logger)
                 if saver._key_metric_checkpoint is not None:
                     trackers[f"best_model_{len(trackers)}"] = saver._key_metric_checkpoint
-                    best.append(saver._key_metric_checkpoint.save_handler)
+                    if isinstance(saver._key_metric_checkpoint.save_handler, AtomicDiskSaver):
+                        best.append(saver._key_metric_checkpoint.save_handler)
             attach_validation_log(validator, self.logger, best)
         return trackers
 
@@ -254,7 +255,8 @@ class DenoiSegTrainer(SupervisedTrainer):
         cp = saver._interval_checkpoint
         if (m := EPOCH_PATTERN.search(resumer.loaded.name)) and not cp._saved:
             cp._saved.append(Checkpoint.Item(int(m.group(1)), resumer.loaded.name))
-        cp.save_handler.pending_removal.extend(p.name for p in resumer.others)
+        if isinstance(cp.save_handler, AtomicDiskSaver):
+            cp.save_handler.pending_removal.extend(p.name for p in resumer.others)
 
     def run(self) -> None:
         """Train; in a distributed run all ranks then wait for each other (rank 0 validates and saves after the
