@@ -9,7 +9,6 @@ import ast
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -201,10 +200,9 @@ def test_multi_gpu_config_trains_with_torchrun_on_cpu_gloo(tmp_path):
     name = "medulla_fibsem_denoiseg"
     cfg = BUNDLES_DIR / name / "configs"
     files = f"['{cfg / 'train.yaml'}','{cfg / 'multi_gpu_train.yaml'}']"
-    with socket.socket() as sock:  # a free port: torchrun's rendezvous hangs with port 0
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    # --standalone: the rendezvous store binds a port the OS picks and tells the workers. A port probed free
+    # here and bound by torchrun seconds later can be taken in between by any process on the machine.
+    args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
             "-m", "monai.bundle", "run", "training", "--config_file", files, "--output_dir", str(tmp_path / "out"),
             "--model_dir", str(tmp_path / "models"), "--cache_dir", str(tmp_path / "cache"), "--data_dir", str(DATA_DIR),
             *overrides(name)]
