@@ -391,3 +391,18 @@ def test_open_volume_reads_every_format_lazily(isbi_stack, tmp_path):
             assert tuple(arr.voxel_size) == (50, 4, 4), name
         roi = Roi((1, 8, 16), (2, 40, 24)) * Coordinate(arr.voxel_size)  # voxels -> world units
         np.testing.assert_array_equal(arr.to_ndarray(roi), raw[1:3, 8:48, 16:40], err_msg=name)
+
+
+def test_input_format_exports_only_for_volumes_that_fit_in_memory(isbi_stack, tmp_path, monkeypatch):
+    """HDF5/TIFF/NIfTI exports are written whole, so a volume over the limit stays OME-Zarr only."""
+    from monai_denoiseg.engines import inference
+
+    src, _ = isbi_stack
+    kw = dict(roi_size=(128, 128), block_shape=(4, 192, 192), num_workers=1, pyramid_levels=0)
+    small = inference.run_inference(_net(), src, tmp_path / "small", None, "joint", PAPER_OFFSETS_2D, **kw)
+    assert small["denoised_export"].is_file() and small["instances_export"].is_file()
+    np.testing.assert_array_equal(tifffile.imread(small["denoised_export"]), zarr.open_array(small["denoised"])[:])
+    monkeypatch.setattr(inference, "EXPORT_MAX_VOXELS", 4 * 320 * 352 - 1)
+    large = inference.run_inference(_net(), src, tmp_path / "large", None, "joint", PAPER_OFFSETS_2D, **kw)
+    assert "denoised_export" not in large and not list((tmp_path / "large").glob("*.tif"))
+    assert zarr.open_array(large["instances"]).shape == (4, 320, 352)

@@ -60,12 +60,6 @@ class _ZYXProxy:
         return np.asarray(self.dataobj[tuple(reversed(index))]).T
 
 
-def _h5_keys(f) -> list[str]:
-    keys: list[str] = []
-    f.visititems(lambda name, obj: keys.append(name) if hasattr(obj, "shape") else None)
-    return keys
-
-
 def _zarr_keys(group) -> list[str]:
     return sorted(k for k, _ in group.arrays()) + sorted(f"{k}/" for k, _ in group.groups())
 
@@ -86,12 +80,14 @@ def _open_source(path: Path, key: str | None, fmt: str):
     if fmt == "hdf5":
         import h5py
 
+        from monai_denoiseg.data.datasets import _h5_datasets
+
         try:
             f = h5py.File(path, "r")
         except OSError as e:
             raise OSError(f"{str(path)!r}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
         if key is None or key not in f or not hasattr(f[key], "shape"):
-            raise KeyError(f"{str(path)!r}: no dataset {key!r}; the file holds {_h5_keys(f)}.")
+            raise KeyError(f"{str(path)!r}: no dataset {key!r}; the file holds {_h5_datasets(f)}.")
         ds = f[key]
         res = ds.attrs.get("resolution", f.attrs.get("resolution"))
         return ds, None if res is None else [float(r) for r in np.ravel(res)]

@@ -8,6 +8,7 @@ instances (or mask) in the input's own format (HDF5 / TIFF / NIfTI), for volumes
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ from monai_denoiseg.blockwise import run_blockwise
 from monai_denoiseg.blockwise.storage import volume_format
 from monai_denoiseg.engines.strategies import Strategy, get_strategy
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["run_inference", "output_paths", "narrowest_uint"]
 
@@ -39,6 +42,9 @@ def output_paths(input_file: str | os.PathLike, output_dir: str | os.PathLike) -
         return dict.fromkeys(("denoised", "instances", "mask"), out / f"{stem}_prediction{suffix}")
     return {k: out / f"{stem}_{k}{suffix}" for k in ("denoised", "instances", "mask")}
 
+
+#: exports in the input's format (HDF5/TIFF/NIfTI, written whole) only up to this size (1024^3 / 4)
+EXPORT_MAX_VOXELS = 2**28
 
 _KEYS = {"denoised": "volumes/raw_denoised", "instances": "volumes/labels/instances", "mask": "volumes/labels/mask"}
 
@@ -75,7 +81,8 @@ def run_inference(
     The OME-Zarr output is always written (``"zarr"``, ``"denoised"``, ``"instances"`` or ``"mask"`` arrays
     inside it); ``output_format="input"`` adds the input's format (``<stem>_denoised.tif``, ... or one
     ``<stem>_prediction.h5``): the denoised image uint8 0-255, the instances in the narrowest unsigned integer
-    type, a binary segmenter's mask uint8 0/1. Existing exports are refused unless ``overwrite``.
+    type, a binary segmenter's mask uint8 0/1 — for volumes up to ``EXPORT_MAX_VOXELS`` (exports are written
+    whole; larger ones stay OME-Zarr only, with a warning). Existing exports are refused unless ``overwrite``.
     """
     if output_format not in ("input", "zarr"):
         raise ValueError(f"output_format: expected 'input' or 'zarr', got {output_format!r}.")
@@ -85,6 +92,11 @@ def run_inference(
                           overlap=overlap, device=dev, amp=amp, mws_kwargs=mws_kwargs, overwrite=overwrite,
                           **blockwise_kwargs)
     if output_format == "zarr" or volume_format(input_file) in ("zarr", "n5"):
+        return paths
+    voxels = int(np.prod(zarr.open_array(paths["denoised"], mode="r").shape))
+    if voxels > EXPORT_MAX_VOXELS:  # the exports are written whole: keep memory bounded, the OME-Zarr has it all
+        logger.warning("%s: %d voxels, more than %d: no %s export, the outputs are in %s", input_file, voxels,
+                       EXPORT_MAX_VOXELS, volume_format(input_file), paths["zarr"])
         return paths
     from monai_denoiseg.data.datasets import write_volume
     from monai_denoiseg.utils.atomic import refuse_existing
