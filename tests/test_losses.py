@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from monai_denoiseg.losses import JointDenoiSegLoss, N2VLoss, N2VSegLoss, WeightedAffinityBCELoss
+from monai_denoiseg.losses import DenoiSegLoss, JointDenoiSegLoss, N2VLoss, N2VSegLoss, WeightedAffinityBCELoss
 
 # ---------------------------------------------------------------- independent numpy references
 
@@ -137,35 +137,40 @@ def test_n2v_loss_shape_mismatch():
 # ---------------------------------------------------------------- joint losses
 
 
-def test_joint_denoiseg_loss_is_eq6(batch, rng):
+def test_joint_denoiseg_loss_is_eq6_in_the_references_units(batch, rng):
+    """Images in [0, 1]; the terms are the reference's on [-1, 1] images (2 x - 1): 4x the [0, 1] MSE."""
     image, aff, w, valid = batch
+    image = (image + 1) / 2  # the toolkit's [0, 1]
     coarse, final = (image + torch.as_tensor(rng.normal(0, s, image.shape), dtype=torch.float32) for s in (0.3, 0.1))
     logits = torch.as_tensor(rng.normal(0, 1, aff.shape), dtype=torch.float32)
-    out = JointDenoiSegLoss()(
-        {"coarse": coarse, "affinity": logits, "final": final},
-        image,
-        torch.as_tensor(aff),
-        torch.as_tensor(w),
-        torch.as_tensor(valid),
-    )
-    mse_c, mse_f = (((x - image) ** 2).double().mean().item() for x in (coarse, final))
+    loss = JointDenoiSegLoss()
+    total = loss({"coarse": coarse, "affinity": logits, "final": final},
+                 {"clean": image, "seg_target": torch.as_tensor(aff), "seg_weight": torch.as_tensor(w * valid)})
+    out = loss.last_terms
+    ref = 2 * image.double().numpy() - 1
+    mse_c, mse_f = (((2 * x.double().numpy() - 1 - ref) ** 2).mean() for x in (coarse, final))
     p = 1 / (1 + np.exp(-logits.double().numpy()))
-    seg = (w * numpy_bce(p, aff) * valid).sum() / valid.sum()
+    seg = (w * valid * numpy_bce(p, aff)).mean()  # the reference's binary_cross_entropy(p, y, w): mean over all
     terms = [out[k].item() for k in ("res_c", "seg", "res_f")]
-    np.testing.assert_allclose(terms, [mse_c, seg, mse_f], rtol=1e-4)
-    np.testing.assert_allclose(out["loss"].item(), mse_c + 3 * seg + 50 * mse_f, rtol=1e-4)
+    np.testing.assert_allclose(terms, [mse_c, seg, mse_f], rtol=1e-5)
+    np.testing.assert_allclose(total.item(), mse_c + 3 * seg + 50 * mse_f, rtol=1e-5)
+    assert torch.equal(out["loss"], total.detach())
 
 
-def test_joint_denoiseg_loss_skips_absent_terms_and_uses_l1(batch):
+def test_denoiseg_loss_missing_inputs_and_l1(batch):
     image, aff, _, _ = batch
     coarse = torch.zeros_like(image)
-    out = JointDenoiSegLoss(restoration_loss=nn.L1Loss())({"coarse": coarse}, image)
-    assert set(out) == {"loss", "res_c"}
-    np.testing.assert_allclose(out["loss"].item(), image.abs().double().mean().item(), rtol=1e-5)
-    with pytest.raises(ValueError, match="affinity: a target tensor is required"):
-        JointDenoiSegLoss()({"affinity": torch.zeros(aff.shape)}, image)
-    with pytest.raises(ValueError, match="no loss term"):
-        JointDenoiSegLoss()({}, image)
+    loss = DenoiSegLoss({"res_c": 1.0}, intensity_scale=1.0, restoration_loss=nn.L1Loss())
+    np.testing.assert_allclose(loss({"coarse": coarse}, {"clean": image}).item(), image.abs().double().mean().item(),
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match=r"target\['seg_target'\]: required by the loss term 'seg'"):
+        JointDenoiSegLoss()({"coarse": coarse, "affinity": torch.zeros(aff.shape), "final": coarse}, {"clean": image})
+    with pytest.raises(ValueError, match=r"pred\['final'\]: required by the loss term 'res_f'"):
+        JointDenoiSegLoss()({"coarse": coarse, "affinity": torch.zeros(aff.shape)},
+                            {"clean": image, "seg_target": torch.as_tensor(aff)})
+    with pytest.raises(ValueError, match="weights: expected a non-empty mapping"):
+        DenoiSegLoss({"res_x": 1.0})
+    assert not N2VSegLoss("unsupervised").needs("clean") and JointDenoiSegLoss().needs("clean")
 
 
 @pytest.mark.parametrize("mode, w1, w2", [("supervised", 1.0, 1.5), ("unsupervised", 9.0, 1.0)])
@@ -175,15 +180,19 @@ def test_n2v_seg_loss_presets(lucchi, rng, mode, w1, w2):
     denoised = noisy + torch.as_tensor(rng.normal(0, 0.05, noisy.shape))
     blind = torch.as_tensor(rng.random(noisy.shape) < 0.05)
     seg_out = torch.as_tensor(rng.normal(0, 1, noisy.shape))
-    target = torch.as_tensor(mito[:, None, :64, :64]) if mode == "supervised" else torch.sigmoid(seg_out + 0.3)
-    out = N2VSegLoss(mode)(denoised, noisy, blind, seg_out, target)
+    loss = N2VSegLoss(mode)
+    pred = {"coarse": denoised, "affinity": seg_out, "affinity_prob": torch.sigmoid(seg_out)}
+    total = loss(pred, {"noisy": noisy, "blind_spots": blind, "seg_target": torch.as_tensor(mito[:, None, :64, :64])})
     b = blind.numpy()
-    n2v = (((denoised - noisy).numpy() ** 2) * b).sum() / b.sum()
-    s, t = seg_out.numpy(), target.double().numpy()
-    seg = numpy_bce(1 / (1 + np.exp(-s)), t).mean() if mode == "supervised" else ((s - t) ** 2).mean()
-    np.testing.assert_allclose([out["denoise"].item(), out["seg"].item()], [n2v, seg], rtol=1e-8)
-    np.testing.assert_allclose(out["loss"].item(), w1 * n2v + w2 * seg, rtol=1e-8)
-    assert set(N2VSegLoss(mode)(denoised, noisy, blind)) == {"loss", "denoise"}
+    n2v = 4 * (((denoised - noisy).numpy() ** 2) * b).sum() / b.sum()  # in [-1, 1] units
+    s, d = seg_out.numpy(), denoised.numpy()
+    if mode == "supervised":
+        seg = numpy_bce(1 / (1 + np.exp(-s)), mito[:, None, :64, :64]).mean()
+    else:  # style: the denoised image against the frozen segmenter's output on it
+        seg = 4 * ((d - 1 / (1 + np.exp(-s))) ** 2).mean()
+    name = "seg" if mode == "supervised" else "style"
+    np.testing.assert_allclose([loss.last_terms["n2v_c"].item(), loss.last_terms[name].item()], [n2v, seg], rtol=1e-6)
+    np.testing.assert_allclose(total.item(), w1 * n2v + w2 * seg, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- every loss trains
@@ -230,11 +239,11 @@ def test_joint_losses_decrease(batch, lucchi):
     noisy = image + 0.3 * torch.randn(image.shape, generator=gen)
     den, seg, fus = _net(1), _net(2), _net(1)
     joint = JointDenoiSegLoss()
-    targets = [torch.as_tensor(a) for a in (aff, w, valid)]
+    targets = {"clean": image, "seg_target": torch.as_tensor(aff), "seg_weight": torch.as_tensor(w * valid)}
 
     def joint_loss():
         coarse = den(noisy)
-        return joint({"coarse": coarse, "affinity": seg(coarse), "final": fus(coarse)}, image, *targets)["loss"]
+        return joint({"coarse": coarse, "affinity": seg(coarse), "final": fus(coarse)}, targets)
 
     params = [*den.parameters(), *seg.parameters(), *fus.parameters()]
     values = _train(joint_loss, params, lr=0.01)
@@ -248,7 +257,7 @@ def test_joint_losses_decrease(batch, lucchi):
 
     def n2v_seg_loss():
         d = dn(torch.where(mask, x.roll(1, -1), x))
-        return n2vseg(d, x, mask, sg(d), y)["loss"]
+        return n2vseg({"coarse": d, "affinity": sg(d)}, {"noisy": x, "blind_spots": mask, "seg_target": y})
 
     values = _train(n2v_seg_loss, [*dn.parameters(), *sg.parameters()], lr=0.01)
     assert values[-1] < 0.8 * values[0], values
