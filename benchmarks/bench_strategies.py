@@ -1,8 +1,8 @@
 """Training iteration per strategy, and whole-volume inference (2-D per slice and 3-D), at the bundles' scale.
 
 One real batch of the medulla bundle (noisy Gaussian-Poisson copy, 10 affinity offsets) is fed to
-``DenoiSegTrainer.step`` of every strategy; the median over ``--repeats`` steps (after one warm-up) is
-reported. ``--inference`` also times the whole 250^3 medulla cube through ``predict_volume`` with the 2-D
+a ``DenoiSegTrainer`` of every strategy (MONAI's SupervisedTrainer iteration); the median over ``--repeats``
+iterations (after one warm-up) is reported. ``--inference`` also times the whole 250^3 medulla cube through ``predict_volume`` with the 2-D
 bundle network (per slice) and with the 3-D configuration's network, with the peak resident memory of
 each (its own process).
 
@@ -31,6 +31,7 @@ def _peak_gib() -> float:
 
 def bench_steps(features, patch, batch, repeats) -> list[dict]:
     import torch
+    from ignite.engine import Events
 
     from monai_denoiseg.data.datasets import PatchDataset, load_split, train_transforms
     from monai_denoiseg.engines import DenoiSegTrainer
@@ -45,13 +46,13 @@ def bench_steps(features, patch, batch, repeats) -> list[dict]:
     for name in STRATEGIES:
         net = paper_joint_net(features=features, denoiser_kwargs={"features": features},
                               segmenter_kwargs={"features": features})
-        trainer = DenoiSegTrainer("cpu", 1, loader, net, name)  # step() only: no pretraining runs
         strategy = get_strategy(name)
-        times = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            trainer.step(data, strategy, trainer.optimizer, iteration=i)
-            times.append(time.perf_counter() - t0)
+        # iterations only: pretrain_iterations=0 leaves the stages a strategy pretrains at their initial weights
+        trainer = DenoiSegTrainer("cpu", 1, [data] * (repeats + 1), net, name, pretrain_iterations=0)
+        times, t0 = [], [0.0]
+        trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: t0.__setitem__(0, time.perf_counter()))
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: times.append(time.perf_counter() - t0[0]))
+        trainer.run()
         rows.append({"strategy": name, "median_s": statistics.median(times[1:]), "stages": list(strategy.stages),
                      "trainable": list(strategy.trainable)})
         print(f"{name:24s} {rows[-1]['median_s']:.3f} s/iteration", flush=True)

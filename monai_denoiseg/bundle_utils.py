@@ -95,13 +95,19 @@ def load_unlabelled(key: str | None, strategy: str, path, **split_kwargs) -> dic
     return load_split(path, raw_key=key, label_key=None, keys=("noisy",), **split_kwargs)
 
 
-def selection_metric(strategy: str, binary: bool = False) -> tuple[str, bool]:
-    """``(metric, lower_is_better)`` that validation keeps the best model by: VOI (binary task: IoU) when
-    the strategy segments, else the PSNR of its last image (a denoiser alone has no VOI)."""
-    stages = get_strategy(strategy).stages
-    if "segmenter" in stages:
+def selection_metric(strategy: str, binary: bool = False, labels: bool | None = None) -> tuple[str, bool]:
+    """``(metric, lower_is_better)`` that validation keeps the best model by.
+
+    A self-supervised strategy (trained without clean images or labels: ``n2v_only``,
+    ``n2v_joint_unsupervised``) selects on its validation ``self_supervised_loss`` unless ``labels=True``
+    declares labels available for selection; the others by VOI (binary task: IoU) when they segment, else
+    by the PSNR of their last image (a denoiser alone has no VOI)."""
+    s = get_strategy(strategy)
+    if s.self_supervised and not labels:
+        return "self_supervised_loss", True
+    if "segmenter" in s.stages:
         return ("iou", False) if binary else ("voi", True)
-    return ("psnr_final", False) if "fusion" in stages else ("psnr_coarse", False)
+    return ("psnr_final", False) if "fusion" in s.stages else ("psnr_coarse", False)
 
 
 def resolve_device(device: str = "auto"):

@@ -10,11 +10,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import data_path
+from ignite.engine import Events
 
 from monai_denoiseg.data.datasets import PatchDataset, load_split, train_transforms
-from monai_denoiseg.engines import STRATEGIES, DenoiSegTrainer, get_strategy
+from monai_denoiseg.engines import STRATEGIES, DenoiSegTrainer, get_strategy, make_optimizer
 from monai_denoiseg.engines.evaluator import DenoiSegEvaluator
+from monai_denoiseg.losses import JointDenoiSegLoss
 from monai_denoiseg.networks import paper_joint_net
+from monai_denoiseg.transforms import RandN2VMask
 
 F = (4, 8, 16)
 
@@ -36,20 +39,33 @@ def loader(split):
     return torch.utils.data.DataLoader(ds, batch_size=2)
 
 
+def run_on(batch, name, iterations=1, net=None, **kwargs):
+    """A real trainer run of ``iterations`` on one fixed batch; returns the trainer and every iteration's output."""
+    trainer = DenoiSegTrainer("cpu", 1, [batch] * iterations, net or tiny_net(), name, **kwargs)
+    outputs = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))
+    trainer.run()
+    return trainer, outputs
+
+
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_every_strategy_learns_a_fixed_real_batch(name, loader):
-    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), name, pretrain_iterations=1)
-    trainer._prepare_pretrained(trainer)  # what STARTED does: pretrained stages first
     strategy, batch = get_strategy(name), next(iter(loader))
-    before = {n: p.detach().clone() for n, p in trainer.core.named_parameters()}
-    losses = [trainer.step(batch, strategy, trainer.optimizer, iteration=0)["terms"] for _ in range(12)]
+    net = tiny_net()
+    before = {n: p.detach().clone() for n, p in net.named_parameters()}
+    # N2V: new blind spots every iteration; 5 % of the pixels (not 0.2 %) keeps that loss a steady estimate
+    trainer, outputs = run_on(batch, name, 12, net, pretrain_iterations=1, n2v_mask=RandN2VMask(5.0),
+                              optimizer=make_optimizer(net, name, lr=1e-3))
+    losses = [o["terms"] for o in outputs]
     assert all(np.isfinite(list(t.values())).all() for t in losses)
     assert set(losses[0]) == {"loss", *strategy.weights}
-    assert losses[-1]["loss"] < losses[0]["loss"], (name, losses[0], losses[-1])
-    for n, p in trainer.core.named_parameters():  # only the trainable stages move
+    first, last = (np.mean([t["loss"] for t in part]) for part in (losses[:3], losses[-3:]))
+    assert last < first, (name, losses[0], losses[-1])
+    assert trainer.state.metrics["train_loss"] == pytest.approx(np.mean([t["loss"] for t in losses]))
+    for n, p in trainer.core.named_parameters():  # only the trainable stages move (pretrained ones were trained first)
         moved = not torch.equal(before[n], p)
         stage = n.split(".")[0]
-        if stage in strategy.frozen or stage not in strategy.stages:
+        if stage not in strategy.stages or (stage in strategy.frozen and stage not in strategy.pretrain):
             assert not moved, f"{name}: frozen/unused stage parameter {n} changed"
 
 
@@ -57,24 +73,72 @@ def test_every_strategy_learns_a_fixed_real_batch(name, loader):
 def test_n2v_strategies_never_read_the_clean_image(name, loader):
     batch = dict(next(iter(loader)))
     batch["clean"] = torch.full_like(batch["clean"], float("nan"))  # any read would make the loss NaN
-    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), name)
-    terms = trainer.step(batch, get_strategy(name), trainer.optimizer, iteration=1)["terms"]
-    assert np.isfinite(list(terms.values())).all()
-    assert not get_strategy(name).needs_clean
+    _, outputs = run_on(batch, name, pretrain_iterations=1)
+    assert np.isfinite(list(outputs[0]["terms"].values())).all()
+    assert outputs[0]["label"]["clean"] is None and not get_strategy(name).needs_clean
+
+
+def test_the_network_sees_the_masked_input_and_the_loss_only_the_blind_spots(loader):
+    """Noise2Void through a real iteration: the denoiser's input is the noisy patch with values changed at the
+    blind spots only, and the loss is 4 x the mean squared error there (the reference's [-1, 1] units)."""
+    batch = next(iter(loader))
+    seen = []
+    net = tiny_net()
+    net.denoiser.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    _, (out,) = run_on(batch, "n2v_only", net=net)
+    blind, noisy = out["label"]["blind_spots"], batch["noisy"]
+    per_image = blind.flatten(1).sum(1)
+    assert (per_image == per_image[0]).all() and per_image[0] >= 4  # every patch has its blind spots
+    x = seen[0]
+    assert torch.equal(x[~blind], noisy[~blind])
+    assert (x[blind] != noisy[blind]).float().mean() > 0.8  # replaced (a neighbour may share a uint8 value)
+    coarse = out["pred"]["coarse"].detach().double().numpy()
+    b, y = blind.numpy(), noisy.double().numpy()
+    expected = (4 * (coarse - y) ** 2 * b).sum() / b.sum()
+    assert out["loss"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_joint_loss_of_an_iteration_is_the_reference_formula(loader):
+    """Same batch, same network: the trainer's loss equals 1 MSE(I_c) + 3 WBCE + 50 MSE(I_f) computed in numpy
+    on [-1, 1] images (2 x - 1), WBCE = mean over all affinities of w * BCE (reference: binary_cross_entropy)."""
+    batch = next(iter(loader))
+    _, (out,) = run_on(batch, "joint")
+    pred = {k: v.detach().double().numpy() for k, v in out["pred"].items()}
+    clean = 2 * batch["clean"].double().numpy() - 1
+    mse_c = ((2 * pred["coarse"] - 1 - clean) ** 2).mean()
+    mse_f = ((2 * pred["final"] - 1 - clean) ** 2).mean()
+    p = 1 / (1 + np.exp(-pred["affinity"]))
+    y, w = batch["affinity"].double().numpy(), batch["affinity_weight"].double().numpy()
+    wbce = (-w * (y * np.log(p) + (1 - y) * np.log(1 - p))).mean()
+    assert out["terms"]["res_c"] == pytest.approx(mse_c, rel=1e-6, abs=1e-6)
+    assert out["terms"]["seg"] == pytest.approx(wbce, rel=1e-6, abs=1e-6)
+    assert out["terms"]["res_f"] == pytest.approx(mse_f, rel=1e-6, abs=1e-6)
+    assert out["loss"].item() == pytest.approx(mse_c + 3 * wbce + 50 * mse_f, rel=1e-6, abs=1e-6)
+
+
+def test_an_injected_objective_is_the_one_trained(loader):
+    """``loss_function`` is MONAI's: the trainer optimises what it is given (here L1 terms) and logs its terms."""
+    batch = next(iter(loader))
+    l1 = JointDenoiSegLoss(restoration_loss=torch.nn.L1Loss())
+    _, (out,) = run_on(batch, "joint", loss_function=l1)
+    coarse, clean = out["pred"]["coarse"].double(), batch["clean"].double()
+    assert out["terms"]["res_c"] == pytest.approx(float((2 * (coarse - clean)).abs().mean()), rel=1e-5)
 
 
 def test_blind_spot_property_through_the_whole_iem_chain(loader):
     trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "n2v_joint_iem")
-    strategy, batch = get_strategy("n2v_joint_iem"), next(iter(loader))
-    masked, blind = trainer.chain_input(batch, strategy, iteration=7)
+    batch = next(iter(loader))
+    trainer.prepare_batch.iteration = 7
+    masked, targets, _, kwargs = trainer.prepare_batch(batch)
+    blind = targets["blind_spots"]
     assert blind.sum() > 0
     changed = batch["noisy"].clone()
     changed[blind] = 1.0 - changed[blind]  # other values at the blind spots only
-    masked2, blind2 = trainer.chain_input({"noisy": changed}, strategy, iteration=7)
-    assert torch.equal(blind, blind2) and torch.equal(masked, masked2)
+    masked2, targets2, _, _ = trainer.prepare_batch({**batch, "noisy": changed})
+    assert torch.equal(blind, targets2["blind_spots"]) and torch.equal(masked, masked2)
     trainer.core.eval()
     with torch.no_grad():
-        a, b = trainer.core(masked, stages=strategy.stages), trainer.core(masked2, stages=strategy.stages)
+        a, b = trainer.core(masked, **kwargs), trainer.core(masked2, **kwargs)
     for key in ("coarse", "affinity", "final"):  # the outputs at the blind spots ignore the values there
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
 
@@ -159,10 +223,8 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
 def test_bad_strategy_and_missing_inputs_are_clear(loader):
     with pytest.raises(ValueError, match="strategy"):
         DenoiSegTrainer("cpu", 1, loader, tiny_net(), "jointt")
-    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "joint")
-    with pytest.raises(ValueError, match="clean"):
-        trainer.step({k: v for k, v in next(iter(loader)).items() if k != "clean"}, get_strategy("joint"),
-                     trainer.optimizer, 0)
+    with pytest.raises(ValueError, match="clean.*strategy 'joint' needs them in the batch"):
+        run_on({k: v for k, v in next(iter(loader)).items() if k != "clean"}, "joint")
 
 
 def test_evaluator_feeds_each_strategy_the_image_it_trains_on(split):
@@ -182,13 +244,59 @@ def test_unlabelled_items_train_the_denoiser_but_not_the_segmentation_loss(loade
     batch = dict(next(iter(loader)))
     batch["labelled"] = torch.tensor([[1.0], [0.0]])
     batch["affinity"][1] = 1 - batch["affinity"][1]  # garbage target on the unlabelled item: must not count
-    trainer = DenoiSegTrainer("cpu", 1, loader, tiny_net(), "n2v_joint_supervised")
-    out = trainer.step(batch, trainer.strategy, trainer.optimizer, iteration=0)
+    _, (out,) = run_on(batch, "n2v_joint_supervised", pretrain_iterations=1)
     logits, target = out["pred"]["affinity"][:1], batch["affinity"][:1]
-    w, m = batch["affinity_weight"][:1], batch["affinity_mask"][:1]
+    w = batch["affinity_weight"][:1]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    assert out["terms"]["seg"] == pytest.approx(float((w * bce * m).sum() / m.sum()), rel=1e-5)
-    blind, coarse = out["blind_spots"], out["pred"]["coarse"]
+    assert out["terms"]["seg"] == pytest.approx(float((w * bce).mean()), rel=1e-5)  # the labelled item's mean
+    blind, coarse = out["label"]["blind_spots"], out["pred"]["coarse"]
     assert blind[1].sum() > 0
-    n2v = ((coarse - batch["noisy"]) ** 2 * blind).sum() / blind.sum()
+    n2v = 4 * ((coarse - batch["noisy"]) ** 2 * blind).sum() / blind.sum()
     assert out["terms"]["n2v_c"] == pytest.approx(float(n2v), rel=1e-5)
+
+
+def test_self_supervised_strategies_select_without_clean_images_or_labels(split):
+    """n2v_only validates on noisy volumes alone: its selection metric is the N2V loss at fixed blind spots
+    (recomputed here in numpy), the same at every validation; strategies with labels keep VOI / IoU."""
+    from monai_denoiseg.bundle_utils import selection_metric
+
+    vol = {"noisy": split["noisy"][:2, :64, :64]}  # no clean image, no labels
+    net = tiny_net()
+    ev = DenoiSegEvaluator("cpu", vol, net, "n2v_only", roi_size=(64, 64), n2v_seed=11)
+    ev.run()
+    first = ev.state.metrics["self_supervised_loss"]
+    ev.run()
+    assert ev.state.metrics["self_supervised_loss"] == first  # fixed blind spots: comparable across epochs
+    noisy = torch.as_tensor(vol["noisy"] / 255.0, dtype=torch.float32)[:, None]
+    masking = RandN2VMask()
+    masking.set_random_state(seed=11)  # volume 0
+    masked, blind = masking(noisy)
+    net.eval()
+    with torch.no_grad():
+        coarse = net(masked, stages=("denoiser",))["coarse"].double().numpy()
+    b, y = blind.numpy(), noisy.double().numpy()
+    assert first == pytest.approx((4 * (coarse - y) ** 2 * b).sum() / b.sum(), rel=1e-5)
+    assert selection_metric("n2v_only") == ("self_supervised_loss", True)
+    assert selection_metric("n2v_joint_unsupervised") == ("self_supervised_loss", True)
+    assert selection_metric("n2v_only", labels=True) == ("psnr_coarse", False)
+    assert selection_metric("n2v_joint_supervised") == ("voi", True)
+    assert selection_metric("n2v_joint_supervised", binary=True) == ("iou", False)
+
+
+def test_pretrained_stage_cache_is_keyed_by_what_determines_it(loader, tmp_path):
+    """The same settings reuse the cached pretrained denoiser; a change in iterations, data or seed trains anew."""
+    def start(**kwargs):
+        trainer = DenoiSegTrainer("cpu", 1, kwargs.pop("data", loader), tiny_net(), "sequential", output_dir=tmp_path,
+                                  **{"pretrain_iterations": 1, **kwargs})
+        trainer._prepare_pretrained(trainer)  # what STARTED does
+        return trainer.pretrain_cache("denoiser")
+
+    first = start()
+    assert first.is_file() and first.name.startswith("pretrained_denoiser_")
+    stamp = first.stat().st_mtime_ns
+    assert start() == first and first.stat().st_mtime_ns == stamp  # reused, not retrained
+    other_data = torch.utils.data.DataLoader(PatchDataset(load_split(data_path("medulla_fibsem.h5"), (8, 16),
+                                                                     noise_seed=3), (48, 48), 4, train_transforms()),
+                                             batch_size=2)
+    keys = {first, start(pretrain_iterations=2), start(seed=1), start(data=other_data)}
+    assert len(keys) == 4 and all(k.is_file() for k in keys)

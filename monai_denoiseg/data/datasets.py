@@ -345,6 +345,22 @@ def train_transforms(
     return Compose(t)
 
 
+def describe(obj, depth: int = 4) -> str:
+    """A stable description of a (composed) transform: class names and settings, recursively, no addresses."""
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return repr(obj)
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(describe(o, depth) for o in obj) + "]"
+    if isinstance(obj, np.ndarray):
+        return repr(obj.tolist())
+    if depth == 0 or not hasattr(obj, "__dict__"):
+        return type(obj).__name__
+    settings = {k: v for k, v in sorted(vars(obj).items()) if k != "R" and not k.startswith("_")
+                and (v is None or isinstance(v, (bool, int, float, str, list, tuple, np.ndarray))
+                     or type(v).__module__.startswith("monai"))}
+    return f"{type(obj).__name__}(" + ", ".join(f"{k}={describe(v, depth - 1)}" for k, v in settings.items()) + ")"
+
+
 class PatchDataset(torch.utils.data.Dataset):
     """``samples_per_epoch`` random patches of aligned (Z, Y, X) volumes, reproducible per (seed, epoch, index).
 
@@ -432,6 +448,24 @@ class PatchDataset(torch.utils.data.Dataset):
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that determines the items (volumes' bytes or file and key, patch size, epoch
+        length, seed, transform, unlabelled data): caches of runs trained on them (pretrained stages) key on it."""
+        h = hashlib.sha256(repr((self.patch_size, self.samples_per_epoch, self.seed, self.image_keys,
+                                 self.intensity_range, self.unlabelled_fraction, describe(self.transform))).encode())
+        groups = [self.volumes] + ([self.unlabelled[0]] if self.unlabelled is not None else [])
+        for volumes in groups:
+            for key in sorted(volumes):
+                vol = volumes[key]
+                h.update(f"{key}{np.shape(vol)}{np.asarray(vol[:0]).dtype}".encode())
+                if isinstance(vol, np.ndarray):
+                    for z in range(vol.shape[0]):  # slice by slice: never a second copy of the volume
+                        h.update(np.ascontiguousarray(vol[z]).data)
+                else:  # lazy (h5py): its file and dataset name
+                    h.update(repr((getattr(getattr(vol, "file", None), "filename", None), getattr(vol, "name", None)))
+                             .encode())
+        return h.hexdigest()[:16]
 
     def __len__(self) -> int:
         return self.samples_per_epoch

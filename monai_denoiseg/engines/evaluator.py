@@ -5,6 +5,8 @@ sliding-window inference of the strategy's chain (:func:`~monai_denoiseg.engines
 mutex-watershed instances and the paper's metrics (:func:`~monai_denoiseg.engines.evaluation.evaluate_prediction`),
 and puts their means into ``engine.state.metrics`` (``voi``, ``arand``, ``psnr_final``, ...), where
 MONAI's ``CheckpointSaver(key_metric_name="voi", key_metric_negative_sign=True)`` keeps the best model.
+For the Noise2Void strategies it also computes ``self_supervised_loss``: the strategy's label-free terms on
+the volumes with fixed blind spots, which selects a checkpoint without clean images or labels.
 After each run it writes ``metrics_<tag>.json``/``.csv`` and a Fig. 2-style PNG to ``output_dir``.
 """
 
@@ -23,7 +25,11 @@ from monai.engines import Evaluator
 from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume, save_metrics
 from monai_denoiseg.figures import save_figure
 from monai_denoiseg.engines.strategies import Strategy, get_strategy
+from monai_denoiseg.losses import DenoiSegLoss
 from monai_denoiseg.transforms.affinity import PAPER_OFFSETS_2D
+from monai_denoiseg.transforms.n2v import RandN2VMask
+
+SELF_SUPERVISED_TERMS = ("n2v_c", "n2v_f", "style")
 
 __all__ = ["DenoiSegEvaluator", "volumes_to_list"]
 
@@ -55,6 +61,8 @@ class DenoiSegEvaluator(Evaluator):
         summary_writer: optional TensorBoard ``SummaryWriter`` for the image panels.
         tag: names the outputs, ``metrics_<tag>_epoch<e>`` (the trainer's epoch, which MONAI's
             ``ValidationHandler`` passes to ``run``).
+        n2v_mask: blind-spot masking of ``self_supervised_loss`` (strategies that train on blind spots;
+            default ``RandN2VMask()``); volume ``i`` gets the blind spots of seed ``n2v_seed + i`` every time.
     """
 
     def __init__(
@@ -75,6 +83,8 @@ class DenoiSegEvaluator(Evaluator):
         tag: str = "val",
         amp: bool = False,
         val_handlers: Sequence | None = None,
+        n2v_mask: RandN2VMask | None = None,
+        n2v_seed: int = 0,
         **kwargs,
     ) -> None:
         self.volume_list = volumes_to_list(volumes)
@@ -90,6 +100,12 @@ class DenoiSegEvaluator(Evaluator):
         self.binary_key, self.mws_kwargs = binary_key, dict(mws_kwargs or {})
         self.summary_writer, self.tag = summary_writer, tag
         self.use_amp = bool(amp)
+        self.self_supervised = None
+        if self.strategy.uses_blind_spots:
+            terms = {t: w for t, w in self.strategy.weights.items() if t in SELF_SUPERVISED_TERMS}
+            self.self_supervised = DenoiSegLoss(terms)
+            self.n2v_mask = n2v_mask if n2v_mask is not None else RandN2VMask(spatial_dims=self.spatial_dims)
+            self.n2v_seed = int(n2v_seed)
         self.results: list[dict[str, float]] = []
         self.add_event_handler(Events.EPOCH_STARTED, lambda _: self.results.clear())
         self.add_event_handler(Events.EPOCH_COMPLETED, self._summarise)
@@ -102,17 +118,33 @@ class DenoiSegEvaluator(Evaluator):
             raise KeyError(f"{source}: strategy {self.strategy.name!r} reads it, the volume has {sorted(volume)}.")
         noisy = torch.as_tensor(np.asarray(volume[source], dtype=np.float32) / 255.0)
         # the module itself, so that it runs in eval mode (batch norm's running statistics, nothing updated)
-        pred = predict_volume(self.network, noisy, self.roi_size, sw_batch_size=self.sw_batch_size,
-                              overlap=self.overlap, spatial_dims=self.spatial_dims, device=self.state.device,
-                              amp=self.use_amp, network_kwargs={"stages": self.strategy.stages})
+        pred = self._predict(noisy)
         clean = volume.get("clean")
         clean = None if clean is None else np.asarray(clean, dtype=np.float32) / 255.0
         metrics = evaluate_prediction(pred, clean=clean, labels=volume.get("label"), offsets=self.offsets,
                                       per=self.per, mws_kwargs=self.mws_kwargs, binary_key=self.binary_key,
                                       return_instances=True)
         instances = metrics.pop("instances", None)
+        if self.self_supervised is not None:
+            metrics["self_supervised_loss"] = self._self_supervised_loss(noisy, engine.state.iteration - 1)
         self.results.append(metrics)
         return {"metrics": metrics, "pred": pred, "instances": instances, "volume": volume}
+
+    def _predict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        # the module itself, so that it runs in eval mode (batch norm's running statistics, nothing updated)
+        return predict_volume(self.network, image, self.roi_size, sw_batch_size=self.sw_batch_size,
+                              overlap=self.overlap, spatial_dims=self.spatial_dims, device=self.state.device,
+                              amp=self.use_amp, network_kwargs=self.strategy.network_kwargs)
+
+    def _self_supervised_loss(self, noisy: torch.Tensor, index: int) -> float:
+        """The strategy's label-free terms on the whole volume with fixed blind spots (seed ``n2v_seed + index``)."""
+        batch = noisy[:, None] if self.spatial_dims == 2 else noisy[None, None]  # slices (2-D) or the volume
+        self.n2v_mask.set_random_state(seed=self.n2v_seed + index)
+        masked, blind = self.n2v_mask(batch)
+        pred = self._predict(masked[:, 0] if self.spatial_dims == 2 else masked[0, 0])
+        pred = {k: v.transpose(0, 1) if self.spatial_dims == 2 else v[None] for k, v in pred.items()}
+        with torch.no_grad():
+            return float(self.self_supervised(pred, {"noisy": batch, "blind_spots": blind}))
 
     def _name(self) -> str:
         return f"{self.tag}_epoch{self.state.epoch}"

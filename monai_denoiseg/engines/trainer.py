@@ -1,11 +1,14 @@
 """One MONAI trainer for every strategy of both papers (``monai_denoiseg.engines.strategies``).
 
-:class:`DenoiSegTrainer` is a :class:`monai.engines.SupervisedTrainer` whose iteration runs the
-strategy's chain (:meth:`JointDenoiSegNet.forward` with its ``stages``), masks blind spots on the
-training device for the Noise2Void strategies, and returns every loss term, so that handlers log
-them per iteration and :class:`~ignite.metrics.Average` gives their epoch means
-(``engine.state.metrics["train_<term>"]``). Stages a strategy needs pretrained are loaded from a
-checkpoint or trained first by the same code (:meth:`DenoiSegTrainer.pretrain`).
+:class:`DenoiSegTrainer` is a :class:`monai.engines.SupervisedTrainer` and keeps its iteration, events
+(``IterationEvents``), AMP and gradient accumulation. A strategy changes only what MONAI lets a trainer
+configure: ``prepare_batch`` (:class:`StrategyBatch`: the chain's input, noisy, clean or blind-spot
+masked on the training device, and the targets), ``loss_function`` (the strategy's
+:class:`~monai_denoiseg.losses.DenoiSegLoss`, or any objective passed in) and the network's keyword
+arguments (the stages run, the fusion net's guidance). Every loss term is logged per iteration
+(``engine.state.output["terms"]``) and averaged per epoch (``engine.state.metrics["train_<term>"]``).
+Stages a strategy needs pretrained are loaded from a checkpoint, or trained first by a nested trainer of
+the same class (:meth:`DenoiSegTrainer.pretrain`) and cached under a key of everything that determines them.
 
 Reproducibility: batches come from :class:`~monai_denoiseg.data.datasets.PatchDataset` (each item a
 function of seed, epoch and index; the trainer calls ``set_epoch``), the blind spots and torch's
@@ -16,6 +19,7 @@ checkpoint (model, optimiser, scheduler, trainer state) therefore repeats the un
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,21 +30,24 @@ from ignite.engine import Events
 from ignite.handlers import Checkpoint
 from ignite.metrics import Average
 from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, LrScheduleHandler
 from torch import nn
 
 from monai_denoiseg.engines.handlers import (EPOCH_PATTERN, AtomicDiskSaver, ResumeFromCheckpoint,
                                              attach_validation_log, checkpoint_candidates, make_atomic)
-from monai_denoiseg.engines.strategies import LOSS_TERMS, Strategy, get_strategy, strategy_loss
+from monai_denoiseg.engines.strategies import Strategy, get_strategy
 from monai_denoiseg.networks.nets.joint import STAGES, JointDenoiSegNet
 from monai_denoiseg.transforms.n2v import RandN2VMask
+from monai_denoiseg.losses import LOSS_TERMS
+from monai_denoiseg.provenance import config_hash
 from monai_denoiseg.utils.atomic import atomic_path
 
-__all__ = ["DenoiSegTrainer", "make_optimizer", "poly_scheduler", "load_stage", "load_network_weights", "stage_state_dict",
+__all__ = ["DenoiSegTrainer", "StrategyBatch", "make_optimizer", "poly_scheduler", "load_stage", "load_network_weights", "stage_state_dict",
            "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
-SEG_TARGET_KEYS = ("affinity", "affinity_weight", "affinity_mask")
+SEG_TARGET_KEYS = ("affinity", "affinity_weight")
 
 
 def make_optimizer(
@@ -121,34 +128,96 @@ def _savers_of(engine) -> list[CheckpointSaver]:
     return found
 
 
+class StrategyBatch:
+    """``prepare_batch`` of :class:`DenoiSegTrainer`: a dict batch -> ``(chain input, targets, (), network kwargs)``.
+
+    The one place where a strategy's input is made, on the training device: the noisy image, the clean
+    one, or (Noise2Void strategies) the noisy image with blind spots drawn by ``n2v_mask`` from
+    ``(seed, iteration)``. ``targets`` is the dict :class:`~monai_denoiseg.losses.DenoiSegLoss` reads:
+    ``clean`` (only if the objective needs it: the self-supervised strategies never see it), ``noisy``,
+    ``blind_spots``, ``seg_target`` / ``seg_weight`` / ``seg_mask`` (from ``seg_target_keys``; items
+    whose ``"labelled"`` flag is 0 are masked out of the segmentation term).
+
+    Args:
+        strategy: the strategy whose input is prepared.
+        n2v_mask: the blind-spot masking (:class:`RandN2VMask`).
+        seg_target_keys: batch keys of the segmentation target, weight and mask (weight and mask optional).
+        needs_clean: keep ``"clean"`` among the targets.
+        seed: base seed of the blind spots; :attr:`iteration` (set by the trainer) is the other part.
+    """
+
+    def __init__(self, strategy: Strategy, n2v_mask: RandN2VMask, seg_target_keys: Sequence[str | None] = SEG_TARGET_KEYS,
+                 needs_clean: bool = True, seed: int = 0) -> None:
+        self.strategy, self.n2v_mask, self.needs_clean, self.seed = strategy, n2v_mask, bool(needs_clean), int(seed)
+        keys = tuple(seg_target_keys)
+        if not 1 <= len(keys) <= 3 or keys[0] is None:
+            raise ValueError(f"seg_target_keys: expected (target[, weight[, mask]]), got {seg_target_keys!r}.")
+        self.seg_target_keys = keys + (None,) * (3 - len(keys))
+        self.iteration = 0
+
+    def __call__(self, batchdata: Mapping, device=None, non_blocking: bool = False, **kwargs):
+        if not isinstance(batchdata, Mapping):
+            raise ValueError(f"batchdata: expected a dict batch, got {type(batchdata).__name__}.")
+        source = "clean" if self.strategy.input == "clean" else "noisy"
+        if source not in batchdata or (self.needs_clean and "clean" not in batchdata):
+            need = sorted({source} | ({"clean"} if self.needs_clean else set()))
+            raise ValueError(f"{need}: strategy {self.strategy.name!r} needs them in the batch, got keys "
+                             f"{sorted(batchdata)}.")
+        keep = {source, "noisy", "labelled", *(k for k in self.seg_target_keys if k)} | (
+            {"clean"} if self.needs_clean else set())  # the self-supervised strategies never see the clean image
+        batch = {k: v.to(device, non_blocking=non_blocking, **kwargs) for k, v in batchdata.items()
+                 if k in keep and isinstance(v, torch.Tensor)}
+        image, blind = batch[source], None
+        if self.strategy.uses_blind_spots:
+            self.n2v_mask.set_random_state(seed=(self.seed * 1_000_003 + self.iteration) % 2**32)
+            image, blind = self.n2v_mask(image)
+        target, weight, mask = (batch.get(k) if k else None for k in self.seg_target_keys)
+        labelled = batch.get("labelled")
+        if labelled is not None and target is not None:  # unlabelled items: in the N2V terms, not in the seg term
+            flags = labelled.reshape(-1, *(1,) * (target.ndim - 1)).to(target.dtype).expand_as(target)
+            mask = flags if mask is None else flags * mask
+        targets = {"clean": batch.get("clean"), "noisy": batch.get("noisy"), "blind_spots": blind,
+                   "seg_target": target, "seg_weight": weight, "seg_mask": mask}
+        return image, targets, (), self.strategy.network_kwargs
+
+
 class DenoiSegTrainer(SupervisedTrainer):
     """Train a :class:`JointDenoiSegNet` with one strategy (``"joint"``, ``"sequential"``, ... see ``STRATEGIES``).
 
     Batches are dicts with ``"noisy"`` (B, 1, *spatial) in [0, 1], ``"clean"`` (not needed, and
     never read, by the Noise2Void strategies) and the segmentation target under ``seg_target_keys``
-    (target, weight, mask; weight and mask may be None), by default the affinity transform's keys.
-    An optional ``"labelled"`` (B, 1) flag (:class:`~monai_denoiseg.data.datasets.PatchDataset` with
+    (target, weight, mask), by default the affinity transform's ``affinity`` and ``affinity_weight``
+    (zero at invalid pairs: the weighted BCE is then the reference's mean over all affinities). An
+    optional ``"labelled"`` (B, 1) flag (:class:`~monai_denoiseg.data.datasets.PatchDataset` with
     ``unlabelled`` volumes) keeps items without annotation out of the segmentation loss.
 
     Args:
-        device, max_epochs, train_data_loader, epoch_length, train_handlers: as SupervisedTrainer.
+        device, max_epochs, train_data_loader, epoch_length, train_handlers, and ``kwargs`` (e.g.
+            ``accumulation_steps``, ``optim_set_to_none``, ``inferer``): as SupervisedTrainer.
         network: the joint network; stages the strategy does not run may be None.
         strategy: a name from ``STRATEGIES`` or a :class:`Strategy`.
         optimizer: default :func:`make_optimizer` over the trainable stages.
+        loss_function: the objective, called as ``loss_function(pred, targets)`` (see :class:`StrategyBatch`);
+            default ``strategy.objective()``. Its ``last_terms`` (if it has them) are logged.
         n2v_mask: blind-spot masking of the ``"masked"`` strategies (default ``RandN2VMask()``, 0.2 %).
-        grad_clip: max gradient norm (None: no clipping).
+        grad_clip: max gradient norm, applied after the backward pass (None: no clipping).
         pretrained: stage -> checkpoint for the stages the strategy needs pretrained; a stage
             without one is trained first for ``pretrain_iterations`` with the strategy named in
-            ``strategy.pretrain`` and cached as ``<output_dir>/pretrained_<stage>.pt``.
+            ``strategy.pretrain`` and cached as ``<output_dir>/pretrained_<stage>_<key>.pt``, the key a hash
+            of everything that determines it (strategy, iterations, seed, stage architecture, data).
         seed: base seed of the per-iteration blind spots and dropout.
         lr_scheduler: stepped once per iteration (e.g. :func:`poly_scheduler`).
         checkpoint_dir: where epoch-end checkpoints (network, optimiser, scheduler, trainer state, the
-            best-model trackers of validators) go, every ``checkpoint_interval`` epochs; with ``resume`` the
-            newest loadable one there is loaded at start, so a killed run continues where it stopped.
-            Every checkpoint, and the best models that validators' ``CheckpointSaver`` keep, is written
-            atomically and the previous one deleted only after it (:class:`AtomicDiskSaver`): a kill at any
-            instant leaves a loadable checkpoint.
-        amp: mixed precision (float16 autocast + GradScaler), CUDA only; ignored on the CPU.
+            best-model trackers of validators, ``provenance``) go, every ``checkpoint_interval`` epochs; with
+            ``resume`` the newest loadable one there is loaded at start, so a killed run continues where it
+            stopped. Every checkpoint, and the best models that validators' ``CheckpointSaver`` keep, is
+            written atomically and the previous one deleted only after it (:class:`AtomicDiskSaver`): a kill
+            at any instant leaves a loadable checkpoint.
+        amp: mixed precision (MONAI's float16 autocast + GradScaler), CUDA only; ignored on the CPU.
+        provenance: an object with ``state_dict``/``load_state_dict`` (e.g. ``ProvenanceRecord``) saved in
+            every checkpoint.
+        draw_offset: added to epoch and iteration numbers where they seed draws (pretraining draws patches
+            and blind spots of its own).
     """
 
     def __init__(
@@ -159,6 +228,7 @@ class DenoiSegTrainer(SupervisedTrainer):
         network: JointDenoiSegNet,
         strategy: str | Strategy = "joint",
         optimizer: torch.optim.Optimizer | None = None,
+        loss_function=None,
         epoch_length: int | None = None,
         n2v_mask: RandN2VMask | None = None,
         seg_target_keys: Sequence[str | None] = SEG_TARGET_KEYS,
@@ -173,6 +243,8 @@ class DenoiSegTrainer(SupervisedTrainer):
         checkpoint_interval: int = 1,
         resume: bool = True,
         train_handlers: Sequence | None = None,
+        provenance=None,
+        draw_offset: int = 0,
         **kwargs,
     ) -> None:
         self.strategy = get_strategy(strategy)
@@ -183,23 +255,30 @@ class DenoiSegTrainer(SupervisedTrainer):
         device = torch.device(device)
         network = network.to(device)
         optimizer = optimizer if optimizer is not None else make_optimizer(core, self.strategy)
+        loss_function = loss_function if loss_function is not None else self.strategy.objective()
+        self.core = core  # the joint net itself (``network`` may be its DistributedDataParallel wrapper)
+        spatial_dims = self._spatial_dims()
+        n2v_mask = n2v_mask if n2v_mask is not None else RandN2VMask(spatial_dims=spatial_dims)
+        needs_clean = self.strategy.input == "clean" or getattr(loss_function, "needs", lambda k: True)("clean")
+        kwargs.setdefault("prepare_batch", StrategyBatch(self.strategy, n2v_mask, seg_target_keys, needs_clean, seed))
         super().__init__(
             device=device, max_epochs=max_epochs, train_data_loader=train_data_loader, network=network,
-            optimizer=optimizer, loss_function=self._unused_loss, epoch_length=epoch_length,
-            train_handlers=train_handlers, amp=False, decollate=False, **kwargs,
+            optimizer=optimizer, loss_function=loss_function, epoch_length=epoch_length,
+            train_handlers=train_handlers, amp=bool(amp) and device.type == "cuda", decollate=False, **kwargs,
         )
-        self.core = core  # the joint net itself (``network`` may be its DistributedDataParallel wrapper)
-        self.use_amp = bool(amp) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if self.use_amp else None
-        self.n2v_mask = n2v_mask if n2v_mask is not None else RandN2VMask(spatial_dims=self._spatial_dims())
-        self.seg_target_keys = tuple(seg_target_keys) + (None,) * (3 - len(seg_target_keys))
+        self.n2v_mask, self.seg_target_keys = n2v_mask, tuple(seg_target_keys)
         self.grad_clip = grad_clip
         self.pretrained = dict(pretrained or {})
         self.pretrain_iterations = int(pretrain_iterations)
         self.output_dir = Path(output_dir) if output_dir is not None else None
-        self.seed = int(seed)
+        self.seed, self.draw_offset = int(seed), int(draw_offset)
+        self.provenance = provenance
         self._set_frozen(self.strategy)
         self.lr_scheduler = lr_scheduler
+        self.add_event_handler(Events.ITERATION_STARTED, self._seed_iteration)
+        self.add_event_handler(IterationEvents.LOSS_COMPLETED, self._record_terms)
+        if grad_clip is not None:
+            self.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self._clip_gradients)
         if lr_scheduler is not None:
             LrScheduleHandler(lr_scheduler, print_lr=False, epoch_level=False).attach(self)
         self.best_trackers = self._watch_validators(train_handlers)
@@ -207,10 +286,10 @@ class DenoiSegTrainer(SupervisedTrainer):
             self._attach_checkpoints(Path(checkpoint_dir), int(checkpoint_interval), resume)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
         self.add_event_handler(Events.STARTED, self._prepare_pretrained)
+        weights = getattr(loss_function, "weights", {})
         for term in LOSS_TERMS + ("loss",):
-            if term == "loss" or term in self.strategy.weights:
+            if term == "loss" or term in weights:
                 Average(output_transform=lambda out, t=term: out["terms"][t]).attach(self, f"train_{term}")
-
     def _watch_validators(self, handlers: Sequence | None) -> dict[str, Checkpoint]:
         """Make the ``CheckpointSaver`` of this trainer's handlers and of its validators (``ValidationHandler``)
         atomic, log each validation's metrics and best model, and return the validators' key-metric trackers
@@ -237,10 +316,14 @@ class DenoiSegTrainer(SupervisedTrainer):
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler
         state.update(self.best_trackers)
+        optional = tuple(self.best_trackers)
+        if self.provenance is not None:
+            state["provenance"] = self.provenance
+            optional += ("provenance",)  # checkpoints written before provenance was recorded still resume
         saver = make_atomic(CheckpointSaver(str(folder), state, save_interval=interval, epoch_level=True, n_saved=1,
                                             save_final=False), self.logger)
         if resume:
-            resumer = ResumeFromCheckpoint(folder, state, optional=tuple(self.best_trackers),
+            resumer = ResumeFromCheckpoint(folder, state, optional=optional,
                                            map_location=self.state.device)
             resumer.attach(self)
             self.add_event_handler(Events.STARTED, self._adopt_resumed, resumer, saver)
@@ -266,9 +349,27 @@ class DenoiSegTrainer(SupervisedTrainer):
             dist.barrier()
 
     # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _unused_loss(*_):  # SupervisedTrainer wants one; the strategy computes every term itself
-        raise RuntimeError("DenoiSegTrainer computes its losses with strategy_loss.")
+    def _seed_iteration(self, engine) -> None:
+        """Blind spots and dropout of this iteration, from (seed, iteration): a resumed run draws the same."""
+        iteration = self.draw_offset + engine.state.iteration
+        if isinstance(self.prepare_batch, StrategyBatch):
+            self.prepare_batch.iteration = iteration
+        torch.manual_seed((self.seed * 1_000_003 + iteration) % 2**63)
+
+    def _record_terms(self, engine) -> None:
+        """Every loss term into ``state.output["terms"]`` (for handlers and the epoch means); stop on a non-finite loss."""
+        loss = engine.state.output["loss"]
+        terms = {**getattr(self.loss_function, "last_terms", {}), "loss": loss}
+        engine.state.output["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss: not finite ({loss.item()}) at iteration {engine.state.iteration}, "
+                                     f"terms {engine.state.output['terms']}.")
+
+    def _clip_gradients(self, engine) -> None:
+        if self.scaler is not None:  # clip the true gradients, not the scaled ones
+            self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        nn.utils.clip_grad_norm_(params, self.grad_clip)
 
     def _spatial_dims(self) -> int:
         for name in STAGES:
@@ -286,16 +387,29 @@ class DenoiSegTrainer(SupervisedTrainer):
     def _set_data_epoch(self, engine) -> None:
         dataset = getattr(self.data_loader, "dataset", None)
         if hasattr(dataset, "set_epoch"):
-            dataset.set_epoch(engine.state.epoch)
+            dataset.set_epoch(self.draw_offset + engine.state.epoch)
 
     # ------------------------------------------------------------------------------------------
+    def pretrain_cache(self, stage: str) -> Path | None:
+        """Where the pretrained ``stage`` is cached: named by a hash of everything that determines it."""
+        if self.output_dir is None:
+            return None
+        dataset = getattr(self.data_loader, "dataset", None)
+        fingerprint = dataset.fingerprint() if hasattr(dataset, "fingerprint") else repr(dataset)
+        pre = get_strategy(self.strategy.pretrain[stage])
+        key = config_hash({"stage": stage, "strategy": repr(pre), "objective": repr(pre.objective()),
+                           "iterations": self.pretrain_iterations, "seed": self.seed, "data": fingerprint,
+                           "architecture": str(getattr(self.core, stage)), "n2v_mask": repr(vars(self.n2v_mask))
+                           if pre.uses_blind_spots else None, "seg_target_keys": self.seg_target_keys})
+        return self.output_dir / f"pretrained_{stage}_{key}.pt"
+
     def _prepare_pretrained(self, engine) -> None:
         """Give every stage the strategy needs pretrained its weights: a checkpoint, a cached run, or a new run."""
         if engine.state.iteration > 0:  # resumed: the checkpoint holds every stage
             return
         for stage, pre in self.strategy.pretrain.items():
             path = self.pretrained.get(stage)
-            cached = self.output_dir / f"pretrained_{stage}.pt" if self.output_dir is not None else None
+            cached = self.pretrain_cache(stage)
             if path is None and cached is not None and cached.is_file():
                 path = cached
             if path is not None:
@@ -311,80 +425,16 @@ class DenoiSegTrainer(SupervisedTrainer):
         self._set_frozen(self.strategy)
 
     def pretrain(self, strategy: str | Strategy, iterations: int) -> dict[str, float]:
-        """Train with another strategy for ``iterations`` steps on this trainer's data (fresh optimiser)."""
-        strategy = get_strategy(strategy)
-        self._set_frozen(strategy)
-        optimizer = make_optimizer(self.core, strategy)
-        terms: dict[str, float] = {}
-        done, epoch = 0, 0
-        dataset = getattr(self.data_loader, "dataset", None)
-        while done < iterations:
-            epoch += 1
-            if hasattr(dataset, "set_epoch"):
-                dataset.set_epoch(1_000_000 + epoch)  # pretraining draws patches of its own
-            for batch in self.data_loader:
-                terms = self.step(batch, strategy, optimizer, iteration=1_000_000 + done)["terms"]
-                done += 1
-                if done >= iterations:
-                    break
-        return terms
-
-    # ------------------------------------------------------------------------------------------
-    def _iteration(self, engine, batchdata) -> dict:
-        if batchdata is None:
-            raise ValueError("batchdata: expected a dict batch, got None.")
-        return self.step(batchdata, self.strategy, self.optimizer, engine.state.iteration)
-
-    def chain_input(self, batch: Mapping[str, torch.Tensor], strategy: Strategy, iteration: int):
-        """``(image fed to the chain, blind-spot mask or None)``: noisy, clean, or the masked noisy image."""
-        if strategy.input == "clean":
-            return batch["clean"], None
-        noisy = batch["noisy"]
-        if strategy.input == "noisy":
-            return noisy, None
-        self.n2v_mask.set_random_state(seed=(self.seed * 1_000_003 + iteration) % 2**32)
-        return self.n2v_mask(noisy)
-
-    def step(self, batchdata: Mapping, strategy: Strategy, optimizer: torch.optim.Optimizer, iteration: int) -> dict:
-        """One optimisation step of ``strategy``; returns ``{"image", "pred", "loss", "terms"}``."""
-        batch = {k: v.to(self.state.device, non_blocking=True)
-                 for k, v in batchdata.items() if isinstance(v, torch.Tensor)}
-        if not strategy.needs_clean:
-            batch.pop("clean", None)  # the self-supervised strategies never see the clean image
-        for key in ("noisy",) if strategy.input != "clean" else ("clean",):
-            if key not in batch:
-                raise ValueError(f"{key}: strategy {strategy.name!r} needs it in the batch, got keys {sorted(batch)}.")
-        torch.manual_seed((self.seed * 1_000_003 + iteration) % 2**63)
-        image, blind = self.chain_input(batch, strategy, iteration)
-        target, weight, mask = (batch.get(k) if k else None for k in self.seg_target_keys)
-        labelled = batch.get("labelled")
-        if labelled is not None and target is not None:  # unlabelled items: in the N2V terms, not in the seg term
-            flags = labelled.reshape(-1, *(1,) * (target.ndim - 1)).to(target.dtype)
-            mask = flags * (mask if mask is not None else torch.ones_like(target))
-        self.network.train()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=self.use_amp):
-            pred = self.network(image, stages=strategy.stages)
-            losses = strategy_loss(strategy, {k: v.float() for k, v in pred.items()}, clean=batch.get("clean"),
-                                   noisy=batch.get("noisy"), blind_spots=blind, seg_target=target,
-                                   seg_weight=weight, seg_mask=mask)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss: not finite ({loss.item()}) at iteration {iteration}, terms "
-                                     f"{ {k: float(v) for k, v in losses.items()} }.")
-        params = [p for g in optimizer.param_groups for p in g["params"]]
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(optimizer)
-        else:
-            loss.backward()
-        if self.grad_clip is not None:
-            nn.utils.clip_grad_norm_(params, self.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(optimizer)
-            self.scaler.update()
-        else:
-            optimizer.step()
-        terms = {k: float(v.detach()) for k, v in losses.items()}
-        return {"image": image.detach(), "pred": {k: v.detach() for k, v in pred.items()},
-                "loss": loss.detach(), "terms": terms, "blind_spots": blind}
+        """Train with another strategy for ``iterations`` steps on this trainer's data: a nested trainer of this
+        class (fresh optimiser, the same masking, seed and clipping, draws of its own); returns its last terms."""
+        if iterations <= 0:
+            return {}
+        epoch_length = self.state.epoch_length or len(self.data_loader)
+        inner = DenoiSegTrainer(
+            self.state.device, math.ceil(iterations / epoch_length), self.data_loader, self.network, strategy,
+            epoch_length=epoch_length, n2v_mask=self.n2v_mask, seg_target_keys=self.seg_target_keys,
+            grad_clip=self.grad_clip, seed=self.seed, amp=self.amp, draw_offset=1_000_000,
+        )
+        inner.add_event_handler(Events.ITERATION_COMPLETED(once=iterations), lambda e: e.terminate())
+        inner.run()
+        return dict(inner.state.output["terms"]) if inner.state.output else {}
