@@ -9,8 +9,10 @@ import torch
 from monai.networks.nets import BasicUNet
 from torch import nn
 
+from monai_denoiseg.networks import GUIDANCE as EXPORTED_GUIDANCE
 from monai_denoiseg.networks.nets.fusion_unet import IEMFusionUNet, ReferenceUNet
-from monai_denoiseg.networks.nets.joint import JointDenoiSegNet, paper_joint_net
+from monai_denoiseg.networks.nets.joint import GUIDANCE, JointDenoiSegNet, paper_joint_net
+from monai_denoiseg.networks.utils import crop_spatial, pad_to_multiple
 
 SMALL = dict(features=(4, 8, 16, 32))
 
@@ -300,3 +302,116 @@ def test_bad_inputs_raise_clear_errors():
         paper_joint_net(2, **SMALL, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL).freeze("decoder")
     with pytest.raises(ValueError, match="noisy"):
         paper_joint_net(2, **SMALL, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL)(torch.zeros(1, 16, 16))
+
+
+# -- IEM controls of issue 14: guidance="none" (attention removed) and "shuffled" (another sample's) ----
+def _trained_mode_net(spatial_dims):
+    """Train mode (BatchNorm on batch statistics): a fresh net's affinities then visibly change I_f."""
+    torch.manual_seed(0)
+    return paper_joint_net(spatial_dims, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL, **SMALL).train()
+
+
+def _coarse_padded(net, x):
+    """I_c as the joint net computes it internally: the denoiser on the input padded to a multiple of 8."""
+    return net.denoiser(pad_to_multiple(x, 8))
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 20, 28), (1, 1, 8, 12, 20)])  # sides not multiples of 8: padded
+def test_guidance_none_is_the_plain_trunk_and_ignores_the_affinities(shape):
+    net = _trained_mode_net(len(shape) - 2)
+    x = torch.randn(shape)
+    trunk = ReferenceUNet(len(shape) - 2, 1, 1, **SMALL).train()
+    missing, unexpected = trunk.load_state_dict(net.fusion.state_dict(), strict=False)
+    assert not missing and unexpected and all(k.startswith(("affinity_encoder.", "iem.")) for k in unexpected)
+    with torch.no_grad():
+        out, guided = net(x, guidance="none"), net(x)
+        image = _coarse_padded(net, x)
+        expected = crop_spatial(trunk(image), shape[2:])
+        # "the rest identical": the plain UNet trunk run on its own, on the same I_c
+        torch.testing.assert_close(out["final"], expected, rtol=0, atol=1e-6)
+        assert torch.equal(out["denoised"], out["final"])
+        # the fusion net's own switch, with or without an affinity map
+        assert torch.equal(net.fusion(image, None, attend=False), trunk(image))
+        assert torch.equal(net.fusion(image, torch.rand(shape[0], 10, *image.shape[2:]), attend=False), trunk(image))
+        # the segmenter's outputs are still computed and returned as usual
+        assert torch.equal(out["affinity"], guided["affinity"]) and torch.equal(out["coarse"], guided["coarse"])
+        assert (guided["final"] - out["final"]).abs().max() > 1e-3  # the IEMs do act with guidance
+
+        for p in net.segmenter.parameters():  # other affinities: "affinity" changes I_f, "none" does not
+            p.add_(torch.randn_like(p))
+        out2, guided2 = net(x, guidance="none"), net(x)
+    assert (out2["affinity"] - out["affinity"]).abs().max() > 1e-2
+    assert (guided2["final"] - guided["final"]).abs().max() > 1e-3
+    assert torch.equal(out2["final"], out["final"])
+
+    # nothing of the segmenter, the affinity encoder or the IEMs reaches I_f
+    net(x, guidance="none")["final"].square().mean().backward()
+    for module in (net.segmenter, net.fusion.affinity_encoder, net.fusion.iem):
+        assert all(p.grad is None for p in module.parameters())
+    assert all(p.grad is not None for p in net.denoiser.parameters())
+
+
+@pytest.mark.parametrize(
+    "shape,shifts,dims",
+    [
+        ((3, 1, 16, 24), 1, 0),  # B > 1: sample i gets sample i-1's affinities (B = 3: a roll by -1 differs)
+        ((1, 1, 20, 28), (10, 14), (2, 3)),  # B == 1: half the (unpadded) sides, along every axis
+        ((3, 1, 8, 16, 16), 1, 0),
+        ((1, 1, 8, 16, 12), (4, 8, 6), (2, 3, 4)),
+    ],
+)
+def test_guidance_shuffled_feeds_the_fusion_net_rolled_affinities(shape, shifts, dims):
+    net = _trained_mode_net(len(shape) - 2)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        out, guided = net(x, guidance="shuffled"), net(x)
+        rolled = torch.roll(guided["affinity_prob"], shifts=shifts, dims=dims)
+        expected = crop_spatial(net.fusion(_coarse_padded(net, x), pad_to_multiple(rolled, 8)), shape[2:])
+    torch.testing.assert_close(out["final"], expected, rtol=0, atol=1e-6)
+    assert (out["final"] - guided["final"]).abs().max() > 1e-3  # the shuffle did change what the IEMs saw
+    for key in ("coarse", "affinity", "affinity_prob"):  # the segmenter's own, unshuffled outputs
+        assert torch.equal(out[key], guided[key]), key
+    assert torch.equal(out["denoised"], out["final"])
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_guidance_default_is_the_segmenters_affinities(spatial_dims):
+    net = _trained_mode_net(spatial_dims)
+    x = torch.randn((2, 1) + (8, 16, 16)[-spatial_dims:])
+    with torch.no_grad():
+        default, explicit = net(x), net(x, guidance="affinity")
+        expected = net.fusion(net.denoiser(x), torch.sigmoid(net.segmenter(net.denoiser(x))))
+    assert set(default) == set(explicit)
+    assert all(torch.equal(default[k], explicit[k]) for k in default)
+    torch.testing.assert_close(default["final"], expected, rtol=0, atol=1e-6)
+
+
+class _TwoInputFusion(nn.Module):
+    """A fusion net without the ``attend`` switch."""
+
+    def forward(self, image, affinity):
+        return image + affinity.mean(dim=1, keepdim=True)
+
+
+def test_guidance_values_errors_and_nets_without_fusion():
+    assert GUIDANCE == EXPORTED_GUIDANCE == ("affinity", "none", "shuffled")
+    net = paper_joint_net(2, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL, **SMALL).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"guidance.*\('affinity', 'none', 'shuffled'\).*'off'"):
+        net(x, guidance="off")
+    # without a fusion stage (net or stages) the guidance is irrelevant: accepted, no effect
+    up = paper_joint_net(2, use_fusion=False, denoiser_kwargs=SMALL, segmenter_kwargs=SMALL).eval()
+    with torch.no_grad():
+        for model, stages in ((up, None), (net, ("denoiser", "segmenter")), (net, ("denoiser",))):
+            ref = model(x, stages=stages)
+            for guidance in GUIDANCE:
+                out = model(x, stages=stages, guidance=guidance)
+                assert set(out) == set(ref) and all(torch.equal(out[k], ref[k]) for k in ref)
+    with pytest.raises(ValueError, match="guidance"):
+        up(x, guidance="bogus")
+    # any two-input fusion net takes shuffled affinities; only "none" needs the attend switch
+    other = JointDenoiSegNet(ReferenceUNet(2, **SMALL), ReferenceUNet(2, 1, 10, **SMALL), _TwoInputFusion()).eval()
+    with torch.no_grad():
+        assert other(x, guidance="shuffled")["final"].shape == (2, 1, 16, 16)
+    with pytest.raises(ValueError, match=r"guidance.*'none'.*attend.*_TwoInputFusion"):
+        other(x, guidance="none")

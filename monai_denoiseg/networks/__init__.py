@@ -2,6 +2,7 @@
 
 from .blocks import IEM_MODES, InstanceAwareEmbedding
 from .nets import (
+    GUIDANCE,
     N2V_UNET_STRIDE,
     STAGES,
     TRANSUNET_PAPER_CONFIG,
@@ -15,5 +16,6 @@ from .nets import (
     n2v_denoiser_unet,
     n2v_segmenter_unet,
     paper_joint_net,
+    shuffle_affinity,
 )
 from .utils import PadToMultiple, crop_spatial, pad_to_multiple

@@ -122,6 +122,7 @@ class IEMFusionUNet(ReferenceUNet):
 
     ``forward(image, affinity)`` returns the final image I_f. ``affinity`` is the segmenter's
     (B, affinity_channels, *spatial) output, probabilities in the reference (see JointDenoiSegNet).
+    ``forward(image, attend=False)`` bypasses every IEM (F_o = F_i): the plain trunk, no affinity.
 
     Args:
         spatial_dims, in_channels, out_channels, features, act, norm, bias, dropout: as ReferenceUNet.
@@ -174,26 +175,37 @@ class IEMFusionUNet(ReferenceUNet):
             }
         )
 
-    def forward(self, image: torch.Tensor, affinity: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, affinity: torch.Tensor | None = None, attend: bool = True) -> torch.Tensor:
+        """The final image from ``image`` guided by ``affinity`` through the IEMs.
+
+        ``attend=False`` removes the attention and leaves the rest as is: every IEM passes the image
+        features through unchanged (F_o = F_i), so the result is the plain UNet trunk on ``image``
+        (what a :class:`ReferenceUNet` with the same weights returns) and ``affinity`` is neither
+        needed nor read (the IEM control of issue 14).
+        """
         self._check_input(image, "image")
-        guides = {}
-        if self.iem_levels:
-            if affinity is None:
-                raise ValueError(f"affinity: required by the IEMs at levels {self.iem_levels}, got None.")
-            if affinity.shape[0] != image.shape[0] or affinity.shape[2:] != image.shape[2:]:
-                raise ValueError(
-                    f"affinity: expected batch and spatial shape of 'image' {tuple(image.shape)}, "
-                    f"got shape {tuple(affinity.shape)}."
-                )
-            if affinity.shape[1] != self.affinity_channels:
-                raise ValueError(
-                    f"affinity: expected {self.affinity_channels} channels, got shape {tuple(affinity.shape)}."
-                )
-            x = affinity
+        guides = None
+        if attend and self.iem_levels:
+            self._check_affinity(image, affinity)
+            guides, x = {}, affinity
             for level, stage in enumerate(self.affinity_encoder, start=1):
                 x = guides[level] = stage(x)
         return self._decode(*self._encode(image, guides))
 
+    def _check_affinity(self, image: torch.Tensor, affinity: torch.Tensor | None) -> None:
+        if affinity is None:
+            raise ValueError(f"affinity: required by the IEMs at levels {self.iem_levels}, got None.")
+        if affinity.shape[0] != image.shape[0] or affinity.shape[2:] != image.shape[2:]:
+            raise ValueError(
+                f"affinity: expected batch and spatial shape of 'image' {tuple(image.shape)}, "
+                f"got shape {tuple(affinity.shape)}."
+            )
+        if affinity.shape[1] != self.affinity_channels:
+            raise ValueError(
+                f"affinity: expected {self.affinity_channels} channels, got shape {tuple(affinity.shape)}."
+            )
+
     def _fuse(self, level, x, guides):
+        """IEM at the levels that have one; ``guides=None`` (``attend=False``) bypasses them: F_o = F_i."""
         key = str(level)
-        return self.iem[key](guides[level], x) if key in self.iem else x
+        return self.iem[key](guides[level], x) if guides is not None and key in self.iem else x

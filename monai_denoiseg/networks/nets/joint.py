@@ -7,10 +7,15 @@
 Each stage is any ``nn.Module`` (ours or MONAI's ``BasicUNet``, ``UNet``, ``DynUNet``,
 ``SwinUNETR``, ...). The segmenter must return logits; the fusion net receives probabilities
 (the reference feeds sigmoid outputs) unless ``fuse_probabilities=False``.
+
+``forward(noisy, guidance=...)`` picks what the fusion net is guided by (:data:`GUIDANCE`, the IEM
+controls of issue 14): the segmenter's affinities (``"affinity"``, the paper), nothing
+(``"none"``: the IEMs are bypassed, F_o = F_i) or another sample's affinities (``"shuffled"``).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Sequence
 
@@ -21,9 +26,25 @@ from monai_denoiseg.networks.nets.fusion_unet import IEMFusionUNet, ReferenceUNe
 from monai_denoiseg.networks.utils import crop_spatial, pad_to_multiple
 from monai_denoiseg.utils.validation import check_spatial_ndim
 
-__all__ = ["JointDenoiSegNet", "paper_joint_net", "STAGES"]
+__all__ = ["JointDenoiSegNet", "paper_joint_net", "STAGES", "GUIDANCE", "shuffle_affinity"]
 
 STAGES = ("denoiser", "segmenter", "fusion")
+GUIDANCE = ("affinity", "none", "shuffled")
+"""What the fusion net's IEMs see: the segmenter's affinities (the paper), nothing (attention removed)
+or another sample's affinities (:func:`shuffle_affinity`)."""
+
+
+def shuffle_affinity(affinity: torch.Tensor) -> torch.Tensor:
+    """Affinities that belong to another sample, deterministically (the same rule at training and test time).
+
+    B > 1: rolled by one along the batch (sample i gets sample i-1's). B == 1 (whole-slice inference):
+    rolled by half the spatial size (floor) along every spatial axis, i.e. the affinities of another
+    region of the same image. ``(B, C, *spatial)`` in and out.
+    """
+    if affinity.shape[0] > 1:
+        return torch.roll(affinity, shifts=1, dims=0)
+    spatial = affinity.shape[2:]
+    return torch.roll(affinity, shifts=tuple(s // 2 for s in spatial), dims=tuple(range(2, 2 + len(spatial))))
 
 
 class JointDenoiSegNet(nn.Module):
@@ -35,6 +56,8 @@ class JointDenoiSegNet(nn.Module):
     - ``"affinity"``: segmenter logits S, ``"affinity_prob"``: S_p = sigmoid(S),
     - ``"final"``: I_f (absent without a fusion net),
     - ``"denoised"``: the network's best image, ``final`` if present, else ``coarse``.
+
+    ``forward(noisy, guidance="none" | "shuffled")`` gives the IEM controls (see :meth:`forward`).
 
     Args:
         denoiser: coarse denoiser, or None for the paper's "w/o DN" ablation (the segmenter and the
@@ -81,10 +104,27 @@ class JointDenoiSegNet(nn.Module):
     def use_fusion(self) -> bool:
         return self.fusion is not None
 
-    def forward(self, noisy: torch.Tensor, stages: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, noisy: torch.Tensor, stages: Sequence[str] | None = None, guidance: str = "affinity"
+    ) -> dict[str, torch.Tensor]:
         """Run the chain; ``stages`` (a subset of :data:`STAGES`, default: every stage present) picks the
         sub-networks used, e.g. ``("denoiser",)`` for a denoiser alone or ``("segmenter", "fusion")``
-        for the "w/o DN" ablation. Each stage takes the output of the previous one present."""
+        for the "w/o DN" ablation. Each stage takes the output of the previous one present.
+
+        ``guidance`` (one of :data:`GUIDANCE`) is what the fusion net is guided by; the other stages
+        and the returned ``"affinity"``/``"affinity_prob"`` (the segmenter's own) never change:
+
+        - ``"affinity"``: the segmenter's affinities (the paper, the default);
+        - ``"none"``: the IEMs are bypassed (``fusion(image, None, attend=False)``: F_o = F_i at every
+          level), so the final image is the fusion net's plain UNet trunk on I_c and does not depend
+          on the affinities (the affinity encoder is unused);
+        - ``"shuffled"``: the affinities of another sample, :func:`shuffle_affinity` of the
+          (unpadded) affinity map, padded like the image. Gradients still flow through them.
+
+        Without a fusion stage ``guidance`` has no effect (any allowed value is accepted).
+        """
+        if guidance not in GUIDANCE:
+            raise ValueError(f"guidance: expected one of {GUIDANCE}, got {guidance!r}.")
         check_spatial_ndim(noisy, (2, 3), key="noisy", extra_dims=2)
         stages = self.available_stages if stages is None else tuple(stages)
         for name in stages:
@@ -102,10 +142,24 @@ class JointDenoiSegNet(nn.Module):
             out["affinity_prob"] = torch.sigmoid(out["affinity"])
         if "fusion" in stages:
             guide = out["affinity_prob"] if self.fuse_probabilities else out["affinity"]
-            out["final"] = self.fusion(image, guide)
+            if guidance == "none":
+                out["final"] = self._fusion_without_attention(image)
+            else:
+                if guidance == "shuffled":  # shuffle the real map, then pad it as the image was
+                    guide = pad_to_multiple(shuffle_affinity(crop_spatial(guide, shape)), self.multiple, self.pad_mode)
+                out["final"] = self.fusion(image, guide)
         if "final" in out or "coarse" in out:
             out["denoised"] = out.get("final", out.get("coarse"))
         return crop_spatial(out, shape)
+
+    def _fusion_without_attention(self, image: torch.Tensor) -> torch.Tensor:
+        params = inspect.signature(self.fusion.forward).parameters.values()
+        if not any(p.name == "attend" or p.kind is p.VAR_KEYWORD for p in params):
+            raise ValueError(
+                f"guidance: 'none' needs a fusion net whose forward takes 'attend' (e.g. IEMFusionUNet), "
+                f"got {type(self.fusion).__name__}."
+            )
+        return self.fusion(image, None, attend=False)
 
     @property
     def available_stages(self) -> tuple[str, ...]:
