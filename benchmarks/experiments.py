@@ -6,6 +6,10 @@ metrics exist is skipped; a killed run resumes from its epoch-end checkpoint. Re
 experiment, rows = strategy x seed) go to ``benchmarks/results/``; ``report`` turns them into the
 tables of ``docs/results.md`` (mean and standard deviation over seeds).
 
+Every run's entry records its ``provenance`` (commit and dirty flag, the hash of :func:`run_config`, md5 of
+the data files, package versions, seed); ``report`` lists them per row, marks entries recorded before
+provenance was ("no provenance") and warns when the seeds of one row come from different configs or data.
+
     python benchmarks/experiments.py run medulla_2d            # in the background: nohup ... &
     python benchmarks/experiments.py run medulla_2d --only joint --seeds 0 1 2
     python benchmarks/experiments.py report                    # benchmarks/results/*.json -> tables
@@ -19,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+from monai_denoiseg.provenance import config_hash, provenance
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "runs"
@@ -147,6 +155,49 @@ def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overri
     return args
 
 
+def _steps(exp: Experiment) -> tuple[tuple[str, list[str]], ...]:
+    """The bundle commands of a run and the config files each reads (later ones override earlier ones)."""
+    return ("training", list(exp.configs)), ("evaluating", [*exp.configs, "evaluate.yaml"])
+
+
+def run_config(name: str, row: str) -> dict:
+    """Everything that determines a run's result but its seed and this machine's paths: the bundle, the
+    parsed contents of each config file (comments and layout do not count) per command, the overrides
+    (scale and row), and for a row reusing another's denoiser that row's config. Its hash is the run's
+    ``provenance["config_hash"]``; the seeds of one row share it."""
+    exp = EXPERIMENTS[name]
+    folder = ROOT / "bundles" / exp.bundle / "configs"
+    spec = dict(exp.rows[row])
+    source = spec.pop("pretrained_from", None)
+    files = sorted({c for _, configs in _steps(exp) for c in configs})
+    out = {"bundle": exp.bundle, "steps": [list(s) for s in _steps(exp)],
+           "config_files": {c: yaml.safe_load((folder / c).read_text()) for c in files},
+           "overrides": {**exp.scale, **spec}}
+    if source is not None:
+        out["pretrained_from"] = {"row": source, "config": run_config(name, source)}
+    return out
+
+
+def data_files(name: str) -> list[Path]:
+    """The data files an experiment's bundle reads: every literal ``locate_data('<file>', ...)`` of its
+    configs, where ``locate_data`` finds it for the runs (``DATA``, then the bundle's ``data/``); a file
+    found nowhere is left out."""
+    exp = EXPERIMENTS[name]
+    bundle = ROOT / "bundles" / exp.bundle
+    names = []
+    for c in sorted({c for _, configs in _steps(exp) for c in configs}):
+        for line in (bundle / "configs" / c).read_text().splitlines():
+            if not line.lstrip().startswith("#"):
+                names += [n for n in re.findall(r"locate_data\(\s*['\"]([^'\"]+)['\"]", line) if n not in names]
+    found = ([f for f in (DATA / n, bundle / "data" / n) if f.is_file()][:1] for n in names)
+    return [f for first in found for f in first]
+
+
+def run_provenance(name: str, row: str, seed: int) -> dict:
+    """:func:`~monai_denoiseg.provenance.provenance` of one run (row, seed) as it is launched now."""
+    return provenance(run_config(name, row), data_files(name), seed)
+
+
 def _model_file(out: Path) -> Path:
     models = sorted((out / "models").glob("*.pt"))
     if len(models) != 1:
@@ -168,15 +219,17 @@ def run_one(name: str, row: str, seed: int) -> dict:
     if source is not None:
         run_one(name, source, seed)
         overrides["pretrained"] = repr({"denoiser": str(_model_file(run_dir(name, source, seed)))})
+    prov = run_provenance(name, row, seed)  # the code and data this sitting trains with
     log = (out / "log.txt").open("a")
     t0 = time.time()
-    for cmd, configs in (("training", list(exp.configs)), ("evaluating", [*exp.configs, "evaluate.yaml"])):
+    for cmd, configs in _steps(exp):
         extra = {"checkpoint": str(_model_file(out))} if cmd == "evaluating" else {}
         res = subprocess.run(_bundle_cmd(exp, cmd, configs, out, {**overrides, **extra}), stdout=log,
                              stderr=subprocess.STDOUT, cwd=ROOT)
         if res.returncode != 0:
             raise RuntimeError(f"{name}/{row}/seed{seed}: {cmd} failed (exit {res.returncode}); see {out / 'log.txt'}.")
-    (out / "run.json").write_text(json.dumps({"seconds": time.time() - t0, "overrides": overrides}, indent=1))
+    (out / "run.json").write_text(json.dumps({"seconds": time.time() - t0, "overrides": overrides,
+                                              "provenance": prov}, indent=1))
     return _summary(metrics_file)
 
 
@@ -215,7 +268,10 @@ def collect(name: str) -> dict:
                 info = run_dir(name, row, seed) / "run.json"
                 entry = _summary(f)
                 if info.is_file():
-                    entry["train_seconds"] = json.loads(info.read_text())["seconds"]
+                    run = json.loads(info.read_text())
+                    entry["train_seconds"] = run["seconds"]
+                    if "provenance" in run:  # runs of older versions have none: left without
+                        entry["provenance"] = run["provenance"]
                 table.setdefault(row, {})[str(seed)] = entry
     if exp.noisy_input is not None:
         table["noisy input"] = {"-": _noisy_input_metrics(exp)}
@@ -236,7 +292,45 @@ def _noisy_input_metrics(exp: Experiment) -> dict:
     kw = {**kw, "path": DATA / kw["path"], **({"label_path": DATA / kw["label_path"]} if "label_path" in kw else {})}
     split = load_split(cache_dir=ROOT / "bundles" / exp.bundle / "data" / "noisy_cache", keys=("noisy", "clean"), **kw)
     m = evaluate_prediction({"coarse": split["noisy"][None] / 255.0}, clean=split["clean"] / 255.0)
-    return {"psnr": m["psnr_coarse"], "ssim": m["ssim_coarse"]}
+    files = [kw["path"], *([kw["label_path"]] if "label_path" in kw else [])]
+    return {"psnr": m["psnr_coarse"], "ssim": m["ssim_coarse"],
+            "provenance": provenance({"noisy_input": exp.noisy_input}, files)}
+
+
+def provenance_report(result: dict, current: dict[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """Per row of ``result``: its config hashes, commits and seeds (``no provenance`` for entries recorded
+    before provenance was), and warnings for rows whose seeds come from different configs or data.
+
+    ``current``: row -> the hash of its :func:`run_config` now; entries of another config are marked.
+    Returns ``(summary lines, warnings)``.
+    """
+    lines, warnings = [], []
+    for row, seeds in result["rows"].items():
+        groups: dict[tuple, list[str]] = {}
+        commits, bare = set(), []
+        for seed, m in seeds.items():
+            p = m.get("provenance")
+            if not isinstance(p, dict):
+                bare.append(seed)
+                continue
+            md5 = tuple(sorted((p.get("data_md5") or {}).values()))
+            groups.setdefault((p.get("config_hash"), md5), []).append(seed)
+            commits.add(f"{(p.get('commit') or 'no git')[:10]}{' (dirty)' if p.get('dirty') else ''}")
+        named = {k: f"config {k[0]}, data {config_hash(list(k[1]))[:8]}" for k in groups}
+        parts = []
+        for k, group in groups.items():
+            stale = " (not the current config)" if current and row in current and k[0] != current[row] else ""
+            parts.append(f"{named[k]}{stale}: seeds {', '.join(group)}")
+        if commits:
+            parts.append("commits " + ", ".join(sorted(commits)))
+        if bare:
+            parts.append(f"no provenance: seeds {', '.join(bare)}")
+        lines.append(f"{row}: " + "; ".join(parts))
+        if len(groups) > 1:
+            what = [w for i, w in enumerate(("config", "data")) if len({k[i] for k in groups}) > 1]
+            warnings.append(f"row {row!r} mixes runs of different {' and '.join(what)}: "
+                            + "; ".join(f"seeds {', '.join(g)} ({named[k]})" for k, g in groups.items()))
+    return lines, warnings
 
 
 def markdown_table(result: dict, columns) -> str:
@@ -326,7 +420,13 @@ def main(argv=None) -> int:
             ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
             tables[n] = (markdown_table(r, cols) + "\n" + comparison(r, ref, cols)) if r["rows"] else \
                 "*(no finished run yet)*\n"
+            current = {row: config_hash(run_config(n, row)) for row in EXPERIMENTS[n].rows}
+            notes, warns = provenance_report(r, current)
+            for w in warns:  # never mixed silently: on stderr, and under the table in the docs
+                print(f"WARNING {n}: {w}", file=sys.stderr, flush=True)
+                tables[n] += f"\n> **Warning:** {w}\n"
             print(f"## {n}\n{r['description']}\n\n" + tables[n])
+            print("Provenance:\n" + "\n".join(f"- {line}" for line in notes) + "\n")
             if a.update_docs and r["rows"]:
                 metric_figure(n, r, [c for c in cols if c not in ("voi_split", "voi_merge")])
         if a.update_docs:

@@ -9,6 +9,10 @@ sigma 10 / 25 / 50 Noise2Void alone and N2V + segmenter end to end), then on the
 - (b) the jointly trained segmenter on its own denoiser's output (from the run's test metrics);
 - PSNR / SSIM of every image against the clean one.
 
+Every entry (method / sigma, seed) records ``provenance``: commit and dirty flag, the hash of
+:func:`evaluation_config` (the runs' configs and this evaluation's settings), md5 of the Lucchi++ files,
+versions (bm3d's among them), seed.
+
     OMP_NUM_THREADS=1 python benchmarks/lucchi_mito.py [--seeds 0]     # results/lucchi_mito_denoisers.json + figure
 """
 
@@ -30,10 +34,19 @@ import experiments as ex  # noqa: E402
 from monai_denoiseg.bundle_tools import load_bundle_network  # noqa: E402
 from monai_denoiseg.data.datasets import load_split  # noqa: E402
 from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume  # noqa: E402
+from monai_denoiseg.provenance import config_hash, provenance  # noqa: E402
 
 NAME = "lucchi_mito"
 BUNDLE = ex.ROOT / "bundles" / "lucchi_mito_n2v"
 FIGURE = ex.PANELS / "lucchi_mito_denoisers.png"  # git-ignored: it shows the dataset's pixels
+TILE = (256, 256)
+
+
+def evaluation_config() -> dict:
+    """What determines this script's numbers but the seed: the config hash of each run it reads, its own settings."""
+    exp = ex.EXPERIMENTS[NAME]
+    return {"script": "lucchi_mito_denoisers", "runs": {row: config_hash(ex.run_config(NAME, row)) for row in exp.rows},
+            "sigmas": list(ex.LUCCHI_SIGMAS), "tile": list(TILE), "bm3d_sigma": "true sigma / 255"}
 
 
 def _net(run: Path):
@@ -53,7 +66,7 @@ def _test_split(sigma: int) -> dict[str, np.ndarray]:
 
 @torch.no_grad()
 def _run(net, image: np.ndarray, stages) -> dict[str, torch.Tensor]:
-    return predict_volume(net, torch.as_tensor(image, dtype=torch.float32), (256, 256), network_kwargs={"stages": stages})
+    return predict_volume(net, torch.as_tensor(image, dtype=torch.float32), TILE, network_kwargs={"stages": stages})
 
 
 def _bm3d(noisy: np.ndarray, sigma: float) -> np.ndarray:
@@ -123,13 +136,19 @@ def main(argv=None) -> int:
     for seed in a.seeds:
         for row in exp.rows:
             ex.run_one(NAME, row, seed)
+        prov = provenance(evaluation_config(), ex.data_files(NAME), seed)
         for method, metrics in evaluate_seed(seed).items():
-            result["rows"].setdefault(method, {})[str(seed)] = metrics
+            result["rows"].setdefault(method, {})[str(seed)] = {**metrics, "provenance": prov}
     ex.RESULTS.mkdir(parents=True, exist_ok=True)
     (ex.RESULTS / f"{NAME}_denoisers.json").write_text(json.dumps(result, indent=1, sort_keys=True))
     cols = ("psnr", "ssim", "iou_clean_segmenter", "f1_clean_segmenter", "iou_joint_segmenter", "f1_joint_segmenter")
     table = ex.markdown_table(result, cols)
+    notes, warns = ex.provenance_report(result)
+    for w in warns:
+        print(f"WARNING {NAME}_denoisers: {w}", file=sys.stderr, flush=True)
+        table += f"\n> **Warning:** {w}\n"
     print(table)
+    print("Provenance:\n" + "\n".join(f"- {line}" for line in notes))
     ex.update_docs({f"{NAME}_denoisers": table})
     return 0
 
