@@ -78,6 +78,7 @@ class Experiment:
 
 LUCCHI_SIGMAS = (10, 25, 50)
 PAPER_ROWS = ("dn_only", "seg_only", "sequential", "dms", "joint", "no_denoiser", "no_fusion")
+IEM_CONTROLS = ("joint_iem_off", "joint_shuffled_affinity")
 # 3 seeds for the rows the claim rests on (DN-only, SEG-only, joint); the others get a first seed, more as time allows
 ONE_SEED = {r: (0,) for r in ("sequential", "dms", "no_denoiser", "no_fusion")}
 DN_BACKBONES = {"unet": {}, "dncnn": {"num_layers": 8, "features": 32}, "ridnet": {"features": 32, "num_blocks": 2}}
@@ -87,6 +88,19 @@ EXPERIMENTS: dict[str, Experiment] = {
         noisy_input={"path": "medulla_fibsem.h5", "z_range": (200, 250)},
         description="Neurons, FIB-SEM medulla, Gaussian-Poisson noise, 2-D per slice "
                     "(z 0-169 train, 170-199 validation, 200-249 test); the paper's Tables 1 and 4.",
+    ),
+    # issue 14: the same comparison after the eval-mode fix (0b1f95f) and the faithful objective (1f8a31d), every
+    # row with 3 seeds, plus the two IEM controls; and a 5x budget for joint vs its ablations
+    "medulla_2d_rerun": Experiment(
+        "medulla_fibsem_denoiseg", rows(*PAPER_ROWS, *IEM_CONTROLS),
+        noisy_input={"path": "medulla_fibsem.h5", "z_range": (200, 250)},
+        description="medulla_2d rerun with the eval-mode network, the reference-scale objective and the IEM controls.",
+    ),
+    "medulla_2d_long": Experiment(
+        "medulla_fibsem_denoiseg", rows("joint", "no_fusion", *IEM_CONTROLS[:1]),
+        scale={**CPU_SCALE, "epochs": "60", "val_interval": "20"},
+        noisy_input={"path": "medulla_fibsem.h5", "z_range": (200, 250)},
+        description="joint vs no_fusion vs joint_iem_off at 5x the iterations (3000): does the ordering change?",
     ),
     "isbi_film": Experiment(
         "isbi2012_denoiseg", rows(*PAPER_ROWS), row_seeds=ONE_SEED,

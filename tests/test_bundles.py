@@ -6,6 +6,7 @@ loopback ``monai.bundle download`` -> load, TorchScript ``ckpt_export``, and ``t
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import os
 import shutil
@@ -102,6 +103,10 @@ def test_train_evaluate_infer_on_real_data(name, tmp_path):
     run_bundle(name, "training", ["train.yaml"], tmp_path, *overrides(name))
     model = tmp_path / "models" / "model.pt"
     assert model.is_file() and (tmp_path / "out" / "checkpoints" / "checkpoint_epoch=1.pt").is_file()
+    record = torch.load(tmp_path / "out" / "checkpoints" / "checkpoint_epoch=1.pt", weights_only=True)["provenance"]
+    data = [p for p in record["data_md5"] if p.endswith((".h5", ".tif", ".hdf"))]
+    assert len(record["commit"]) == 40 and len(record["config_hash"]) == 16 and record["seed"] == 0 and data
+    assert record["data_md5"][data[0]] == hashlib.md5(open(data[0], "rb").read()).hexdigest()
     run_bundle(name, "evaluating", ["train.yaml", "evaluate.yaml"], tmp_path, *overrides(name))
     rows = json.loads((tmp_path / "out" / "test" / "metrics_test_epoch1.json").read_text())
     expected = {"iou", "f1", "psnr_coarse"} if name == "lucchi_mito_n2v" else {"psnr_final", "ssim_final", "voi", "arand"}
