@@ -62,6 +62,44 @@ def window_sources(centre, spatial, half, hidden=()):
     return out
 
 
+def source_pixels(img, masked, mask):
+    """(spots, sources): flat indices into the whole array ``img`` of every blind spot and of the
+    pixel its replacement was copied from. ``img`` holds a permutation of arange, so a value
+    identifies the one pixel it came from."""
+    flat_img = img.reshape(-1)
+    inverse = np.empty(flat_img.size, dtype=np.int64)
+    inverse[flat_img.astype(np.int64)] = np.arange(flat_img.size)
+    spots_global = np.flatnonzero(mask.reshape(-1))
+    sources_global = inverse[masked.reshape(-1)[spots_global].astype(np.int64)]
+    return spots_global, sources_global
+
+
+def forbidden_pixels(mask, lead, offsets=()):
+    """Plain loop: the blind spots and every struct-hidden pixel (inside the image) of every blind
+    spot, per image and channel; ``lead`` leading (batch/channel) axes."""
+    forbidden = mask.copy()
+    spatial = mask.shape[lead:]
+    for spot in zip(*np.nonzero(mask)):
+        for o in offsets:
+            q = tuple(int(s) + int(d) for s, d in zip(spot[lead:], o))
+            if all(0 <= v < n for v, n in zip(q, spatial)):
+                forbidden[spot[:lead] + q] = True
+    return forbidden
+
+
+def struct_offsets_of(struct):
+    struct = np.asarray(struct)
+    return [tuple(int(v) for v in o) for o in np.argwhere(struct) - np.array(struct.shape) // 2 if any(o)]
+
+
+def valid_neighbours(img, forbidden, spot, half, hidden=()):
+    """Values a median reads at ``spot`` (leading index first): the window sources of the loop above
+    without any blind spot or hidden pixel of the same image and channel."""
+    lead = img.ndim - len(half)
+    qs = window_sources(spot[lead:], img.shape[lead:], half, hidden)
+    return [img[spot[:lead] + q] for q in qs if not forbidden[spot[:lead] + q]]
+
+
 def spots_per_cell(mask_2d_or_3d, cells):
     """Count the blind spots in each cell of the near-equal grid floor(i * L / n)."""
     edges = [[(i * length) // n for i in range(n + 1)] for length, n in zip(mask_2d_or_3d.shape, cells)]
@@ -167,8 +205,9 @@ def test_median_equals_numpy_median_without_centre(shape, spatial_dims, window, 
     masked, mask = masked_with(RandN2VMask(strategy="median", window=window, spatial_dims=spatial_dims), img)
     assert np.array_equal(masked[~mask], img[~mask])
     half = [window // 2] * spatial_dims
+    forbidden = forbidden_pixels(mask, 1)  # other blind spots are left out of the median too
     for spot in zip(*np.nonzero(mask)):
-        neigh = [img[spot[:1] + q] for q in window_sources(spot[1:], shape[1:], half)]
+        neigh = valid_neighbours(img, forbidden, spot, half)
         assert masked[spot] == pytest.approx(np.median(neigh), rel=1e-6, abs=1e-6)
 
 
@@ -176,9 +215,9 @@ def test_median_even_count_with_ties():
     """Integer-valued data has ties: numpy's median (mean of the two middles) must still hold."""
     img = np.random.default_rng(3).integers(0, 4, size=(8, 30, 30)).astype(np.float32)
     masked, mask = masked_with(RandN2VMask(strategy="median", window=5, grid_shape=3), img)
+    forbidden = forbidden_pixels(mask, 1)
     for spot in zip(*np.nonzero(mask)):
-        neigh = [img[spot[:1] + q] for q in window_sources(spot[1:], (30, 30), (2, 2))]
-        assert masked[spot] == np.median(neigh)
+        assert masked[spot] == np.median(valid_neighbours(img, forbidden, spot, (2, 2)))
 
 
 def test_mask_marks_chosen_spots_even_when_value_is_unchanged():
@@ -242,9 +281,159 @@ def test_struct_median_excludes_hidden_pixels(rng):
     struct = np.array([[1, 1, 1, 1, 1]])
     masked, mask = masked_with(RandN2VMask(strategy="median", struct_mask=struct, window=5), img)
     hidden = [(0, -2), (0, -1), (0, 1), (0, 2)]
+    forbidden = forbidden_pixels(mask, 1, hidden)
     for spot in zip(*np.nonzero(mask)):
-        neigh = [img[spot[:1] + q] for q in window_sources(spot[1:], (40, 40), (2, 2), hidden=hidden)]
-        assert len(neigh) == 20 and masked[spot] == pytest.approx(np.median(neigh), rel=1e-6)
+        assert len(window_sources(spot[1:], (40, 40), (2, 2), hidden=hidden)) == 20
+        neigh = valid_neighbours(img, forbidden, spot, (2, 2), hidden)
+        assert masked[spot] == pytest.approx(np.median(neigh), rel=1e-6)
+
+
+# ---------------------------------------------------------------- blind-spot property
+DENSE_CASES = [  # grid spacing (4 or 3 pixels) well below the window: other blind spots in most windows
+    ((24, 64, 64), 2, 16, 11, None),
+    ((6, 2, 48, 48), 2, 16, 11, None),
+    ((8, 48, 48), 2, 12, 7, [[1, 1, 1, 1, 1]]),
+    ((8, 48, 48), 2, 12, 5, [[0, 1, 0], [1, 1, 1], [0, 1, 0]]),
+    ((3, 12, 18, 18), 3, (4, 6, 6), 5, None),
+    ((3, 12, 18, 18), 3, (4, 6, 6), 5, np.ones((1, 1, 3))),
+]
+
+
+@pytest.mark.parametrize("shape,spatial_dims,grid,window,struct", DENSE_CASES)
+def test_uniform_never_reads_its_own_pixel(shape, spatial_dims, grid, window, struct):
+    """(a) A replacement is never the blind spot's own value, nor copied from another image or channel."""
+    lead = len(shape) - spatial_dims
+    n_pix = int(np.prod(shape[lead:]))
+    for seed in range(4):
+        img = distinct_image(shape, np.random.default_rng(seed))
+        t = RandN2VMask(grid_shape=grid, window=window, struct_mask=struct, spatial_dims=spatial_dims)
+        masked, mask = masked_with(t, img, seed=seed)
+        spots, sources = source_pixels(img, masked, mask)
+        assert len(spots) == int(np.prod(shape[:lead])) * int(np.prod(t.grid_shape))
+        assert np.all(masked.reshape(-1)[spots] != img.reshape(-1)[spots])
+        assert np.all(sources != spots)
+        assert np.array_equal(sources // n_pix, spots // n_pix)  # same image and channel
+
+
+@pytest.mark.parametrize("shape,spatial_dims,grid,window,struct", DENSE_CASES)
+def test_uniform_never_reads_another_blind_spot_or_hidden_pixel(shape, spatial_dims, grid, window, struct):
+    """(b) No replacement copies the original value of any blind spot of the same image and channel,
+    nor a struct-hidden pixel of any blind spot: that would leak a target into the network input."""
+    lead = len(shape) - spatial_dims
+    offsets = [] if struct is None else struct_offsets_of(struct)
+    for seed in range(4):
+        img = distinct_image(shape, np.random.default_rng(100 + seed))
+        t = RandN2VMask(grid_shape=grid, window=window, struct_mask=struct, spatial_dims=spatial_dims)
+        masked, mask = masked_with(t, img, seed=seed)
+        forbidden = forbidden_pixels(mask, lead, offsets).reshape(-1)
+        _, sources = source_pixels(img, masked, mask)
+        assert not forbidden[sources].any(), f"{int(forbidden[sources].sum())} replacements read a blind spot"
+        # every replacement is still a (mirrored) window neighbour of its own blind spot
+        half = [window // 2] * spatial_dims
+        for spot, src in zip(zip(*np.nonzero(mask)), zip(*np.unravel_index(sources, shape))):
+            assert src[:lead] == spot[:lead]
+            assert src[lead:] in window_sources(spot[lead:], shape[lead:], half, hidden=offsets)
+
+
+def test_uniform_is_uniform_among_valid_neighbours():
+    """Excluding other blind spots keeps the draw uniform over the remaining window neighbours: the
+    count of each offset matches sum over spots of [offset valid] / #valid (chi-square, 24 offsets)."""
+    shape, window = (400, 32, 32), 5
+    img = distinct_image(shape, np.random.default_rng(7))
+    masked, mask = masked_with(RandN2VMask(grid_shape=8, window=window), img, seed=7)
+    forbidden = forbidden_pixels(mask, 1)
+    _, sources = source_pixels(img, masked, mask)
+    offsets = [d for d in itertools.product(range(-2, 3), repeat=2) if any(d)]
+    observed = dict.fromkeys(offsets, 0)
+    expected = dict.fromkeys(offsets, 0.0)
+    n_excluding = 0
+    for spot, src in zip(zip(*np.nonzero(mask)), zip(*np.unravel_index(sources, shape))):
+        b, y, x = (int(v) for v in spot)
+        if not (2 <= y < 30 and 2 <= x < 30):
+            continue  # away from the border: one pixel per offset
+        valid = [d for d in offsets if not forbidden[b, y + d[0], x + d[1]]]
+        n_excluding += len(valid) < len(offsets)
+        for d in valid:
+            expected[d] += 1.0 / len(valid)
+        observed[(int(src[1]) - y, int(src[2]) - x)] += 1
+    assert n_excluding > 1000  # the exclusion is exercised
+    chi2 = sum((observed[d] - expected[d]) ** 2 / expected[d] for d in offsets)
+    assert chi2 < 60  # 23 degrees of freedom: P(chi2 > 60) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "shape,spatial_dims,grid,window,struct",
+    [
+        ((6, 48, 48), 2, 12, 11, None),
+        ((4, 40, 40), 2, 10, 5, None),
+        ((4, 40, 40), 2, 10, 7, [[1, 1, 1, 1, 1]]),
+        ((2, 10, 16, 16), 3, (3, 4, 4), 5, None),
+    ],
+)
+def test_median_excludes_every_blind_spot_against_numpy_loop(shape, spatial_dims, grid, window, struct, rng):
+    """(d) N2V2's median over the window without any blind spot or hidden pixel, as np.median of
+    the remaining values (mean of the two middle ones for an even count), from an explicit loop."""
+    img = rng.normal(size=shape).astype(np.float32)
+    offsets = [] if struct is None else struct_offsets_of(struct)
+    t = RandN2VMask(strategy="median", grid_shape=grid, window=window, struct_mask=struct, spatial_dims=spatial_dims)
+    masked, mask = masked_with(t, img, seed=3)
+    forbidden = forbidden_pixels(mask, 1, offsets)
+    half = [window // 2] * spatial_dims
+    n_excluding = n_odd = 0
+    for spot in zip(*np.nonzero(mask)):
+        window_px = window_sources(spot[1:], shape[1:], half, hidden=offsets)
+        kept = [q for q in window_px if not forbidden[spot[:1] + q]]
+        n_excluding += len(kept) < len(window_px)
+        n_odd += len(kept) % 2
+        expected = np.median(np.array([img[spot[:1] + q] for q in kept], dtype=np.float64))
+        assert masked[spot] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    assert n_excluding > 0 and n_odd > 0  # both the exclusion and odd counts are exercised
+
+
+@pytest.mark.parametrize("strategy", ["uniform", "median"])
+@pytest.mark.parametrize(
+    "shape,grid,struct",
+    [((1, 8, 8), 8, None), ((2, 6, 9), (6, 9), None), ((1, 12, 12), (12, 6), [[0, 0, 0], [1, 1, 1], [0, 0, 0]])],
+)
+def test_no_valid_neighbour_raises(strategy, shape, grid, struct):
+    """Cells so small that a blind spot's window holds only blind spots (or hidden pixels)."""
+    t = RandN2VMask(strategy=strategy, grid_shape=grid, window=3, struct_mask=struct)
+    with pytest.raises(ValueError, match=r"img: .*grid.*spatial shape .*no neighbour"):
+        t(np.zeros(shape, dtype=np.float32))
+
+
+# the expected counts, worked out by hand from the documented rule (round(L / s) cells per axis,
+# s = (100 / p) ** (1 / ndim)) and written down, not recomputed by the code under test
+COUNTS = [
+    ((1, 64, 64), 2, 0.2, None, 3 * 3),  # s = 22.36: 64 / s = 2.86 -> 3
+    ((1, 128, 128), 2, 0.2, None, 6 * 6),  # 5.72 -> 6
+    ((1, 256, 256), 2, 0.2, None, 11 * 11),  # 11.45 -> 11
+    ((2, 3, 100, 37), 2, 0.2, None, 4 * 2),  # 4.47 -> 4, 1.65 -> 2
+    ((1, 64, 64), 2, 1.0, None, 6 * 6),  # s = 10: 6.4 -> 6
+    ((1, 64, 64), 2, 5.0, None, 14 * 14),  # s = 4.47: 14.31 -> 14
+    ((1, 64, 64, 64), 3, 0.2, None, 8 * 8 * 8),  # s = 7.94: 8.06 -> 8
+    ((1, 256, 256), 2, 0.2, 13, 169),  # Zhu & Guan: 169 blind spots per 256x256 image
+    ((4, 2, 256, 256), 2, 0.2, 13, 169),
+    ((2, 8, 20, 30), 3, 0.2, (2, 4, 5), 40),
+]
+
+
+@pytest.mark.parametrize("shape,spatial_dims,percentage,grid,per_image", COUNTS)
+@pytest.mark.parametrize("strategy", ["uniform", "median"])
+def test_blind_spot_count_is_exactly_one_per_cell(shape, spatial_dims, percentage, grid, per_image, strategy):
+    """(c) Exactly prod(grid) blind spots per image and channel, one in each cell, for several seeds."""
+    lead = len(shape) - spatial_dims
+    img = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    t = RandN2VMask(masked_pixel_percentage=percentage, grid_shape=grid, strategy=strategy, spatial_dims=spatial_dims)
+    cells = expected_cells(shape[lead:], percentage) if grid is None else list(t.grid_shape)
+    assert int(np.prod(cells)) == per_image
+    for seed in range(3):
+        _, mask = masked_with(t, img, seed=seed)
+        per = mask.reshape(-1, *shape[lead:])
+        assert per.reshape(len(per), -1).sum(1).tolist() == [per_image] * len(per)
+        assert mask.mean() == per_image / np.prod(shape[lead:])  # the masked fraction
+        for m in per[:2]:
+            assert spots_per_cell(m, cells) == [1] * per_image
 
 
 # ---------------------------------------------------------------- randomness, types, batches
@@ -293,8 +482,9 @@ def test_integer_input_keeps_dtype_when_asked(rng):
     img = rng.integers(0, 256, size=(1, 40, 40)).astype(np.uint8)
     masked, mask = masked_with(RandN2VMask(strategy="median", window=5, dtype=None), img)
     assert masked.dtype == np.uint8
+    forbidden = forbidden_pixels(mask, 1)
     for spot in zip(*np.nonzero(mask)):
-        neigh = [img[spot[:1] + q] for q in window_sources(spot[1:], (40, 40), (2, 2))]
+        neigh = valid_neighbours(img, forbidden, spot, (2, 2))
         assert abs(float(masked[spot]) - np.median(neigh)) <= 0.5
 
 
@@ -364,8 +554,9 @@ def test_lucchi_crop_median_matches_numpy(lucchi):
     masked, mask = np_(out["image"]), np_(out["image_n2v_mask"])
     assert mask.sum() == 36  # 128 / 22.36 -> 6 cells per axis
     assert np.array_equal(np_(out["image_n2v_target"]), img)
+    forbidden = forbidden_pixels(mask, 1)
     for spot in zip(*np.nonzero(mask)):
-        neigh = [img[spot[:1] + q] for q in window_sources(spot[1:], (128, 128), (5, 5))]
+        neigh = valid_neighbours(img, forbidden, spot, (5, 5))
         assert masked[spot] == pytest.approx(np.median(neigh), abs=1e-5)
 
 

@@ -61,22 +61,33 @@ class RandN2VMask(RandomizableTransform):
 
     Blind-spot replacement (``strategy``):
 
-    - ``"uniform"`` (N2V): the value of a uniformly drawn pixel of the ``window`` neighbourhood,
-      centre excluded;
-    - ``"median"`` (N2V2): the median of that neighbourhood without its centre (mean of the two
-      middle values for an even count, as ``numpy.median``);
+    - ``"uniform"`` (N2V): the value of a pixel drawn uniformly among the valid neighbours of the
+      ``window`` neighbourhood (see below);
+    - ``"median"`` (N2V2): the median of the valid neighbours (mean of the two middle values for an
+      even count, as ``numpy.median``; the count varies from spot to spot);
     - ``"zero"``: 0;
     - ``"gaussian"``: a draw from N(mean, std) of the image (per image and channel).
 
+    **Blind-spot guarantee.** A replacement never reads a blind spot's pixel, neither its own nor
+    any other blind spot's of the same image and channel, nor a pixel hidden by ``struct_mask``
+    around any blind spot: the valid neighbours are the window offsets (centre excluded) whose
+    pixel is none of these. Copying another blind spot's original value would put that spot's
+    target into the network input. ``uniform`` draws an offset, redraws the few that hit an
+    excluded pixel (batched rejection), then picks the r-th valid offset of the rest, so the draw
+    stays uniform over the valid ones; ``median`` leaves the excluded pixels out of the median.
+    A grid so dense that some blind spot has no valid neighbour raises a ``ValueError`` naming the
+    spatial shape and the grid (e.g. one cell per pixel).
+
     Where a neighbour falls outside the image its displacement is mirrored through the blind spot
-    (``c + d`` becomes ``c - d``), so a blind spot is never replaced by itself; the window is
+    (``c + d`` becomes ``c - d``), which never lands on the blind spot itself; the window is
     narrowed along axes shorter than ``window`` so that the mirror always lands inside.
 
     ``struct_mask`` (structN2V) is a binary array with odd sides and ``ndim == spatial_dims``,
     centred on each blind spot: its non-zero pixels (centre excepted) are hidden as well, replaced
     by values drawn uniformly in [min, max] of the image (CAREamics' rule; structN2V draws in
-    [-2, 2] of normalised data). They are excluded from the neighbours that ``uniform`` and
-    ``median`` read, together with their mirror images, so no replacement reveals a hidden pixel.
+    [-2, 2] of normalised data). A blind spot's own struct offsets are excluded from its window
+    together with their mirror images, and the hidden pixels of every blind spot are excluded as
+    above, so no replacement reveals a hidden pixel.
 
     Returns ``(masked, mask)``: the masked image in ``dtype`` and a boolean mask that is True
     exactly at the chosen blind spots (never derived from which pixels changed). The training
@@ -86,7 +97,8 @@ class RandN2VMask(RandomizableTransform):
     Args:
         masked_pixel_percentage: density of blind spots in percent of the pixels (CAREamics: 0.2).
         grid_shape: cells per spatial axis (int or one per axis); overrides the percentage.
-            Zhu & Guan (joint optical neuroimaging denoising) mask 169 pixels of 256x256 images: ``grid_shape=13``.
+            Zhu & Guan (joint optical neuroimaging denoising) mask 169 pixels of 256x256 images:
+            ``grid_shape=13``, exactly 169 blind spots per image and channel, one per 19-20 pixel cell.
         strategy: one of ``"uniform"``, ``"median"``, ``"zero"``, ``"gaussian"``.
         window: odd side of the neighbourhood for ``uniform``/``median`` (11: the N2V code's
             ``n2v_neighborhood_radius=5`` and CAREamics' ``roi_size``).
@@ -98,6 +110,8 @@ class RandN2VMask(RandomizableTransform):
     """
 
     backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    _REDRAWS = 4  # at most this many rejection rounds for a uniform neighbour, then the exact draw
+    _TABLE_BUDGET = 1 << 13  # window entries the exact draw may look up at once without more rejection rounds
 
     def __init__(
         self,
@@ -200,6 +214,7 @@ class RandN2VMask(RandomizableTransform):
         if self.strategy in ("uniform", "median") and len(neighbours) == 0:
             raise ValueError(f"{key}: spatial shape {spatial} is too small to give a blind spot any neighbour.")
         geometry = {
+            "cells": tuple(int(n) for n in cells),
             "starts": _cartesian([e[:-1] for e in edges]),  # (K, ndim)
             "sizes": _cartesian([np.diff(e) for e in edges]),
             "size": np.array(spatial),
@@ -225,25 +240,84 @@ class RandN2VMask(RandomizableTransform):
         n_spots = len(starts)
         spots = starts + (self.R.random((n_img, n_spots, self.spatial_dims)) * g["sizes"]).astype(np.int64)
         draw = {"shape": tuple(img.shape), "spots": spots @ strides}  # (N, K) flat indices
-        if self.strategy == "uniform":
-            pick = (self.R.random((n_img, n_spots)) * len(neighbours)).astype(np.int64)
-            draw["source"] = _mirror(spots, neighbours[pick], g["size"]) @ strides  # (N, K)
-        elif self.strategy == "median":
-            # the window's flat indices are separable: one (N, K, 2h+1) table per axis, summed on the device
-            draw["window_axes"] = [
-                _mirror(spots[..., a, None], np.arange(-h, h + 1), spatial[a]) * strides[a] for a, h in enumerate(half)
-            ]
-            draw["window_neighbours"] = g["window_neighbours"]
-        elif self.strategy == "gaussian":
-            draw["normal"] = self.R.standard_normal((n_img, n_spots))
         if len(self.struct_offsets):
             hidden = spots[:, :, None] + self.struct_offsets  # (N, K, S, ndim)
             inside = ((hidden >= 0) & (hidden < g["size"])).all(-1)
             # hidden pixels outside the image are redirected onto their blind spot, which is written last;
             # where the hidden sets of two spots overlap (cells smaller than the mask) either draw may win
             draw["struct"] = np.where(inside, hidden @ strides, draw["spots"][..., None]).reshape(n_img, -1)
+        if self.strategy == "uniform":
+            draw["source"] = self._uniform_source(spots, draw, g, key)  # (N, K)
+        elif self.strategy == "median":
+            # the window's flat indices are separable: one (N, K, 2h+1) table per axis, summed on the device
+            draw["window_axes"] = [
+                _mirror(spots[..., a, None], np.arange(-h, h + 1), spatial[a]) * strides[a] for a, h in enumerate(half)
+            ]
+            draw["window_neighbours"] = g["window_neighbours"]
+            draw["key"], draw["cells"], draw["spatial"] = key, g["cells"], spatial  # for the error message
+        elif self.strategy == "gaussian":
+            draw["normal"] = self.R.standard_normal((n_img, n_spots))
+        if len(self.struct_offsets):
             draw["struct_uniform"] = self.R.random(draw["struct"].shape)
         self._draw = draw
+
+    def _uniform_source(self, spots: np.ndarray, draw: dict, g: dict, key: str) -> np.ndarray:
+        """Flat index (N, K) of the neighbour each blind spot copies: uniform over the window offsets
+        whose (mirrored) pixel is neither a blind spot nor a hidden struct pixel of that image.
+
+        One offset is drawn per spot and checked against a flat map of the forbidden pixels. The
+        spots whose draw hit one (rare at the usual densities) are redrawn, all at once, while they
+        are many (at most ``_REDRAWS`` rounds); those left get their whole window looked up and take
+        the r-th valid offset, r uniform over the valid count. Rejection rounds followed by an exact
+        draw are uniform over the valid offsets. No loop over pixels or spots; everything depends on
+        the shape and ``self.R`` only, so a seed gives the same draw on any device.
+        """
+        neighbours, strides, size = g["neighbours"], g["strides"], g["size"]
+        n_img, n_spots = draw["spots"].shape
+        n_pix = int(np.prod(size))
+        forbidden = self._forbidden(draw, n_pix)  # flat (N * P,)
+        base = (np.arange(n_img) * n_pix)[:, None]
+        pick = (self.R.random((n_img, n_spots)) * len(neighbours)).astype(np.int64)
+        source = _mirror(spots, neighbours[pick], size) @ strides
+        hit = np.flatnonzero(forbidden[source + base])  # into the flattened (N, K)
+        for _ in range(self._REDRAWS):  # rejection: redraw only the spots that hit a forbidden pixel
+            if len(hit) * len(neighbours) <= self._TABLE_BUDGET:
+                break  # few enough for the exact draw at once
+            centres = spots.reshape(-1, self.spatial_dims)[hit]
+            pick = (self.R.random(len(hit)) * len(neighbours)).astype(np.int64)
+            redrawn = _mirror(centres, neighbours[pick], size) @ strides
+            source.flat[hit] = redrawn
+            hit = hit[forbidden[redrawn + hit // n_spots * n_pix]]
+        if len(hit):  # the few left: look up the whole window, take the r-th valid offset
+            table = _mirror(spots.reshape(-1, self.spatial_dims)[hit, None], neighbours, size) @ strides  # (H, M)
+            valid = ~forbidden[table + (hit // n_spots * n_pix)[:, None]]
+            count = valid.sum(1)
+            if not count.all():
+                raise self._no_neighbour_error(key, g["cells"], tuple(int(n) for n in size))
+            r = np.minimum((self.R.random(len(hit)) * count).astype(np.int64), count - 1)
+            j = (np.cumsum(valid, 1) > r[:, None]).argmax(1)
+            source.flat[hit] = table[np.arange(len(hit)), j]
+        return source
+
+    @staticmethod
+    def _forbidden(draw: dict, n_pix: int) -> np.ndarray:
+        """Flat boolean (N * P,): the blind spots and hidden struct pixels of each image, which no
+        replacement reads."""
+        n_img = len(draw["spots"])
+        forbidden = np.zeros(n_img * n_pix, dtype=bool)
+        base = (np.arange(n_img) * n_pix)[:, None]
+        forbidden[draw["spots"] + base] = True
+        if "struct" in draw:
+            forbidden[draw["struct"] + base] = True
+        return forbidden
+
+    def _no_neighbour_error(self, key: str, cells: tuple[int, ...], spatial: tuple[int, ...]) -> ValueError:
+        struct = " and struct_mask" if len(self.struct_offsets) else ""
+        return ValueError(
+            f"{key}: a grid of {cells} cells on spatial shape {spatial} is too dense for window {self.window}{struct}: "
+            "a blind spot has no neighbour left that is neither a blind spot nor a hidden pixel; "
+            "use fewer cells (grid_shape or masked_pixel_percentage) or a larger window."
+        )
 
     # ----- masking -----
     def __call__(self, img: NdarrayOrTensor, randomize: bool = True) -> tuple[NdarrayOrTensor, NdarrayOrTensor]:
@@ -273,8 +347,8 @@ class RandN2VMask(RandomizableTransform):
             lo, hi = values.amin(1, keepdim=True), values.amax(1, keepdim=True)
             u = self._as_tensor("struct_uniform", x.device, values.dtype)
             out.scatter_(1, self._as_tensor("struct", x.device), _cast(lo + (hi - lo) * u, dtype))
-        out.scatter_(1, spots, _cast(self._replacement(values), dtype))
         mask = torch.zeros(flat.shape, dtype=torch.bool, device=x.device).scatter_(1, spots, True)
+        out.scatter_(1, spots, _cast(self._replacement(values, mask), dtype))
 
         masked, *_ = convert_to_dst_type(out.reshape(x.shape), dst=img, dtype=dtype)
         mask, *_ = convert_to_dst_type(mask.reshape(x.shape), dst=img, dtype=torch.bool)
@@ -283,8 +357,8 @@ class RandN2VMask(RandomizableTransform):
     def _as_tensor(self, name: str, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
         return torch.as_tensor(self._draw[name], device=device, dtype=dtype)
 
-    def _replacement(self, flat: torch.Tensor) -> torch.Tensor:
-        """Values (N, K) written at the blind spots of the images ``flat`` (N, P)."""
+    def _replacement(self, flat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Values (N, K) written at the blind spots ``mask`` (N, P) of the images ``flat`` (N, P)."""
         dev = flat.device
         if self.strategy == "zero":
             return flat.new_zeros(self._draw["spots"].shape)
@@ -297,14 +371,24 @@ class RandN2VMask(RandomizableTransform):
         window, *others = (torch.as_tensor(t, device=dev) for t in self._draw["window_axes"])
         for axis in others:  # outer sum of the per-axis tables: (N, K, w) -> (N, K, w**ndim)
             window = (window[..., :, None] + axis[..., None, :]).flatten(2)
-        src = window[..., self._as_tensor("window_neighbours", dev)]  # (N, K, M)
-        neigh = flat.gather(1, src.flatten(1)).reshape(src.shape)
-        lower = neigh.median(-1, keepdim=True).values
-        # numpy's median: mean of the two middle values when M is even (always so in 2-D)
-        if neigh.shape[-1] % 2:
-            return lower[..., 0]
-        # the upper middle is the lower one if it is tied past the middle, else the next value up
-        at_or_below = neigh <= lower
-        tied = at_or_below.sum(-1, keepdim=True) > neigh.shape[-1] // 2
-        above = neigh.masked_fill_(at_or_below, torch.inf).amin(-1, keepdim=True)
-        return ((lower + torch.where(tied, lower, above)) / 2)[..., 0]
+        src = window[..., self._as_tensor("window_neighbours", dev)].flatten(1)  # (N, K * M)
+        shape = (*self._draw["spots"].shape, -1)
+        neigh = flat.gather(1, src).reshape(shape)  # (N, K, M)
+        # no blind spot (own or other) and no hidden struct pixel enters any median
+        forbidden = mask
+        if "struct" in self._draw:
+            forbidden = mask.clone().scatter_(1, self._as_tensor("struct", dev), True)
+        invalid = forbidden.gather(1, src).reshape(shape)
+        count = neigh.shape[-1] - invalid.sum(-1, keepdim=True, dtype=torch.int32)  # int32: ~15x faster than int64
+        if not bool(count.all()):
+            d = self._draw
+            raise self._no_neighbour_error(d["key"], d["cells"], d["spatial"])
+        neigh = neigh.masked_fill_(invalid, torch.nan)
+        lower = neigh.nanmedian(-1, keepdim=True).values  # lower middle of the valid values
+        # numpy's median: mean of the two middle values for an even count; the upper middle is the
+        # lower one if it is tied past the middle, else the next valid value up
+        at_or_below = neigh <= lower  # False at NaN
+        tied = at_or_below.sum(-1, keepdim=True, dtype=torch.int32) > count // 2
+        above = neigh.masked_fill_(at_or_below | invalid, torch.inf).amin(-1, keepdim=True)
+        even = (lower + torch.where(tied, lower, above)) / 2
+        return torch.where(count % 2 == 0, even, lower)[..., 0]

@@ -27,7 +27,9 @@ class RandN2VMaskd(RandomizableTransform, MapTransform):
       Set ``target_key_postfix=None`` to skip it, e.g. when the masked image goes beside the input.
 
     All keys share one draw of blind spots (as MONAI's ``RandGaussianNoised`` shares its noise), so
-    they must have the same shape; mask keys separately for independent draws.
+    they must have the same shape; mask keys separately for independent draws. The blind-spot
+    guarantee of :class:`RandN2VMask` (no replacement reads any blind spot or hidden pixel) holds
+    for every key, since the excluded pixels come from that shared draw.
     Other arguments: see :class:`RandN2VMask`.
     """
 
