@@ -158,8 +158,9 @@ def test_predict_volume_small_slices_tensor_output_and_errors():
         torch.testing.assert_close(x, keep, atol=0, rtol=0)
         for key, ref in {"same": x, "view": x, "y": 2 * x, "y_again": 2 * x}.items():
             torch.testing.assert_close(out[key][0], ref, atol=1e-5, rtol=1e-5)
-    amp = predict_volume(net, x, (32, 32), amp=True)["pred"]  # CPU autocast (bfloat16), blended in float32
-    assert amp.dtype == torch.float32 and (amp - predict_volume(net, x, (32, 32))["pred"]).abs().max() < 0.05
+    # amp is CUDA's float16 autocast; on the CPU it is ignored (as in training): bfloat16 would change the metrics
+    amp = predict_volume(net, x, (32, 32), amp=True)["pred"]
+    torch.testing.assert_close(amp, predict_volume(net, x, (32, 32))["pred"], atol=0, rtol=0)
     with pytest.raises(ValueError, match="divide by 255"):
         predict_volume(net, (x * 255).to(torch.uint8), (32, 32))
     with pytest.raises(ValueError, match="roi_size"):
