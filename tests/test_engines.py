@@ -9,8 +9,11 @@ import textwrap
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from conftest import data_path
 from ignite.engine import Events
+
+from monai.engines.utils import IterationEvents
 
 from monai_denoiseg.data.datasets import PatchDataset, load_split, train_transforms
 from monai_denoiseg.engines import STRATEGIES, DenoiSegTrainer, get_strategy, make_optimizer
@@ -39,9 +42,11 @@ def loader(split):
     return torch.utils.data.DataLoader(ds, batch_size=2)
 
 
-def run_on(batch, name, iterations=1, net=None, **kwargs):
+def run_on(batch, name, iterations=1, net=None, attach=None, **kwargs):
     """A real trainer run of ``iterations`` on one fixed batch; returns the trainer and every iteration's output."""
     trainer = DenoiSegTrainer("cpu", 1, [batch] * iterations, net or tiny_net(), name, **kwargs)
+    if attach is not None:
+        attach(trainer)
     outputs = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: outputs.append(e.state.output))
     trainer.run()
@@ -54,8 +59,18 @@ def test_every_strategy_learns_a_fixed_real_batch(name, loader):
     net = tiny_net()
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
     # N2V: new blind spots every iteration; 5 % of the pixels (not 0.2 %) keeps that loss a steady estimate
+    # SupervisedTrainer's four (INNER_ITERATION_* belong to multi-step trainers, SupervisedTrainer never fires them)
+    events = [IterationEvents.FORWARD_COMPLETED, IterationEvents.LOSS_COMPLETED, IterationEvents.BACKWARD_COMPLETED,
+              IterationEvents.MODEL_COMPLETED]
+    fired = {e: 0 for e in events}
+
+    def count(trainer):  # MONAI handlers hook these: each must fire once per iteration of every strategy
+        for event in events:
+            trainer.add_event_handler(event, lambda _, e=event: fired.__setitem__(e, fired[e] + 1))
+
     trainer, outputs = run_on(batch, name, 12, net, pretrain_iterations=1, n2v_mask=RandN2VMask(5.0),
-                              optimizer=make_optimizer(net, name, lr=1e-3))
+                              optimizer=make_optimizer(net, name, lr=1e-3), attach=count)
+    assert fired == {e: 12 for e in events}, (name, fired)
     losses = [o["terms"] for o in outputs]
     assert all(np.isfinite(list(t.values())).all() for t in losses)
     assert set(losses[0]) == {"loss", *strategy.weights}
@@ -218,6 +233,29 @@ def test_resume_after_kill_reproduces_the_uninterrupted_run(tmp_path):
     a, b = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+def test_training_leaves_the_callers_random_stream_alone(loader):
+    """Dropout draws come from a per-iteration fork of the global generator: the caller's stream is untouched,
+    and the same (seed, iteration) gives the same dropout, whatever the caller drew before."""
+    batch = next(iter(loader))
+
+    def dropout_run(caller_seed):
+        net = tiny_net()
+        net.fusion.dropout = nn.Dropout(0.5)  # a random op in the forward pass
+        inner = net.fusion.forward
+        net.fusion.forward = lambda *a, **k: net.fusion.dropout(inner(*a, **k))
+        torch.manual_seed(caller_seed)
+        run_on(batch, "joint", 3, net, pretrain_iterations=1)
+        return torch.rand(4), [p.detach().clone() for p in net.parameters()]
+
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    after, params = dropout_run(5)
+    torch.testing.assert_close(after, expected, rtol=0, atol=0)
+    _, again = dropout_run(6)
+    for a, b in zip(params, again):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_bad_strategy_and_missing_inputs_are_clear(loader):

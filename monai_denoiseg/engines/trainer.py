@@ -11,9 +11,11 @@ Stages a strategy needs pretrained are loaded from a checkpoint, or trained firs
 the same class (:meth:`DenoiSegTrainer.pretrain`) and cached under a key of everything that determines them.
 
 Reproducibility: batches come from :class:`~monai_denoiseg.data.datasets.PatchDataset` (each item a
-function of seed, epoch and index; the trainer calls ``set_epoch``), the blind spots and torch's
-global generator (dropout) are reseeded from (seed, iteration). A run resumed from an epoch-end
-checkpoint (model, optimiser, scheduler, trainer state) therefore repeats the uninterrupted run.
+function of seed, epoch and index; the trainer calls ``set_epoch``), the blind spots are drawn from
+(seed, iteration), and so is dropout: ``nn.Dropout`` takes no generator, so each iteration runs on a fork
+of torch's global generator seeded from (seed, iteration) and restored after it, which leaves the
+caller's random stream where it was. A run resumed from an epoch-end checkpoint (model, optimiser,
+scheduler, trainer state) therefore repeats the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -350,11 +352,17 @@ class DenoiSegTrainer(SupervisedTrainer):
 
     # ------------------------------------------------------------------------------------------
     def _seed_iteration(self, engine) -> None:
-        """Blind spots and dropout of this iteration, from (seed, iteration): a resumed run draws the same."""
-        iteration = self.draw_offset + engine.state.iteration
+        """Blind spots of this iteration from (seed, iteration): a resumed run draws the same."""
         if isinstance(self.prepare_batch, StrategyBatch):
-            self.prepare_batch.iteration = iteration
-        torch.manual_seed((self.seed * 1_000_003 + iteration) % 2**63)
+            self.prepare_batch.iteration = self.draw_offset + engine.state.iteration
+
+    def _iteration(self, engine, batchdata):
+        """SupervisedTrainer's iteration on a fork of torch's global generator seeded from (seed, iteration)
+        (dropout's draws); the caller's generator is left where it was."""
+        device = torch.device(engine.state.device)
+        with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+            torch.manual_seed((self.seed * 1_000_003 + self.draw_offset + engine.state.iteration) % 2**63)
+            return super()._iteration(engine, batchdata)
 
     def _record_terms(self, engine) -> None:
         """Every loss term into ``state.output["terms"]`` (for handlers and the epoch means); stop on a non-finite loss."""
