@@ -71,6 +71,7 @@ class Experiment:
     row_seeds: dict[str, tuple[int, ...]] = field(default_factory=dict)  # rows run with fewer seeds
     description: str = ""
     noisy_input: dict | None = None  # load_split arguments of the test split: adds a "noisy input" row
+    rerun_of: str | None = None  # the experiment this one repeats with newer code: the report puts both side by side
 
     def seeds_of(self, row: str) -> tuple[int, ...]:
         return self.row_seeds.get(row, self.seeds)
@@ -95,6 +96,7 @@ EXPERIMENTS: dict[str, Experiment] = {
         "medulla_fibsem_denoiseg", rows(*PAPER_ROWS, *IEM_CONTROLS),
         noisy_input={"path": "medulla_fibsem.h5", "z_range": (200, 250)},
         description="medulla_2d rerun with the eval-mode network, the reference-scale objective and the IEM controls.",
+        rerun_of="medulla_2d",
     ),
     "medulla_2d_long": Experiment(
         "medulla_fibsem_denoiseg", rows("joint", "no_fusion", *IEM_CONTROLS[:1]),
@@ -396,6 +398,20 @@ def comparison(result: dict, reference: str, columns) -> str:
     return "\n".join(out) + "\n"
 
 
+def before_after(before: dict, after: dict, columns) -> str:
+    """Per row and column the mean of ``before`` (an earlier code's run) and of ``after``, each with its seed count."""
+    def mean(seeds, col):
+        v = np.array([m[col] for m in seeds.values() if m.get(col) is not None], dtype=float)
+        v = v[np.isfinite(v)]
+        return f"{v.mean():.4f} (n={v.size})" if v.size else "-"
+
+    out = ["| strategy | " + " | ".join(f"{c} before → after" for c in columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for row, seeds in after["rows"].items():
+        old = before["rows"].get(row)
+        out.append(f"| {row} | " + " | ".join(f"{mean(old, c) if old else '-'} → {mean(seeds, c)}" for c in columns) + " |")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=("run", "report", "list"))
@@ -434,6 +450,10 @@ def main(argv=None) -> int:
             ref = "joint" if "joint" in r["rows"] else list(EXPERIMENTS[n].rows)[-1]
             tables[n] = (markdown_table(r, cols) + "\n" + comparison(r, ref, cols)) if r["rows"] else \
                 "*(no finished run yet)*\n"
+            if r["rows"] and EXPERIMENTS[n].rerun_of:
+                old = EXPERIMENTS[n].rerun_of
+                tables[n] += f"\nBefore (`{old}`, older code) → after (this rerun), means over seeds:\n\n" + \
+                    before_after({"rows": recorded(old)}, r, cols)
             current = {row: config_hash(run_config(n, row)) for row in EXPERIMENTS[n].rows}
             notes, warns = provenance_report(r, current)
             for w in warns:  # never mixed silently: on stderr, and under the table in the docs

@@ -159,3 +159,11 @@ def test_lucchi_denoiser_entries_record_provenance(experiments, fake_data, monke
     assert rows["0"]["provenance"]["config_hash"] == config_hash(lucchi.evaluation_config())
     assert sorted(rows["0"]["provenance"]["data_md5"]) == sorted(str(p) for p in experiments.data_files("lucchi_mito"))
     assert set(lucchi.evaluation_config()["runs"]) == set(experiments.EXPERIMENTS["lucchi_mito"].rows)
+
+
+def test_before_after_puts_the_old_and_new_means_side_by_side(experiments):
+    before = {"rows": {"joint": {"0": {"voi": 3.0}, "1": {"voi": 4.0}}}}
+    after = {"rows": {"joint": {"0": {"voi": 2.0}}, "joint_iem_off": {"0": {"voi": 2.5}, "1": {"voi": 3.5}}}}
+    lines = experiments.before_after(before, after, ["voi"]).splitlines()
+    assert lines[2] == "| joint | 3.5000 (n=2) → 2.0000 (n=1) |"
+    assert lines[3] == "| joint_iem_off | - → 3.0000 (n=2) |"  # a row the old table did not have
