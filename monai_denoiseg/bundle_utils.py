@@ -8,8 +8,6 @@ download), which checkpoint a killed run resumes from, and which image keys a st
 from __future__ import annotations
 
 import os
-import re
-import sys
 from pathlib import Path
 
 from monai_denoiseg.engines.strategies import get_strategy
@@ -20,21 +18,16 @@ DATA_ENV = "MONAI_DENOISEG_DATA"
 
 
 def find_bundle_root(name: str) -> str:
-    """The folder of bundle ``name``: from the ``--config_file`` path(s) on the command line, the current
-    directory (run from inside the bundle) or ``./bundles/<name>`` (run from the repository root)."""
-    candidates: list[Path] = []
-    for arg in sys.argv:
-        for path in re.findall(r"[^\s'\",\[\]=]+\.(?:ya?ml|json)", arg):
-            p = Path(path).expanduser().resolve()
-            if p.parent.name == "configs":
-                candidates.append(p.parent.parent)
-    candidates += [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
+    """The default of the configs' ``bundle_root`` (MONAI's convention: an override, ``--bundle_root``): the
+    current directory when run from inside bundle ``name`` (as MONAI expects), ``./bundles/<name>`` when run
+    from a checkout's root, else this installation's ``bundles/<name>``. The command line is never parsed."""
+    candidates = [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
     for folder in candidates:
         if folder.name == name and (folder / "configs" / "metadata.json").is_file():
             return str(folder)
     raise FileNotFoundError(
         f"bundle_root: could not find the bundle {name!r} (looked in {[str(c) for c in candidates]}); "
-        f"pass --bundle_root <path to bundles/{name}>."
+        f"run from inside it or pass --bundle_root <path to {name}>."
     )
 
 

@@ -225,3 +225,26 @@ def test_cli(bundle, tmp_path, capsys):
     (bundle / "LICENSE").unlink()
     assert bt.main(["package", str(bundle), "--out", str(tmp_path / "dist")]) == 1
     assert "error: LICENSE" in capsys.readouterr().err
+
+
+def test_bundle_root_defaults_without_reading_the_command_line(tmp_path, monkeypatch):
+    """MONAI's convention: run from inside the bundle (or pass --bundle_root); a checkout's root finds
+    bundles/<name>; a config path on the command line is not parsed."""
+    from monai_denoiseg.bundle_utils import find_bundle_root
+
+    name = "medulla_fibsem_denoiseg"
+    repo_copy = Path(__file__).resolve().parents[1] / "bundles" / name
+    copy = tmp_path / "elsewhere" / name
+    (copy / "configs").mkdir(parents=True)
+    (copy / "configs" / "metadata.json").write_text("{}")
+    monkeypatch.setattr("sys.argv", ["monai.bundle", "run", "--config_file", str(copy / "configs" / "train.yaml")])
+    monkeypatch.chdir(tmp_path)
+    assert find_bundle_root(name) == str(repo_copy)  # the command line names the copy: ignored
+    monkeypatch.chdir(copy)
+    assert find_bundle_root(name) == str(copy)  # run from inside the bundle
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    (tmp_path / "elsewhere" / "bundles").mkdir()
+    (copy.parent / name).rename(tmp_path / "elsewhere" / "bundles" / name)
+    assert find_bundle_root(name) == str(tmp_path / "elsewhere" / "bundles" / name)  # a checkout's root
+    with pytest.raises(FileNotFoundError, match="--bundle_root"):
+        find_bundle_root("no_such_bundle")
