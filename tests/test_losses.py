@@ -129,7 +129,7 @@ def test_n2v_loss_empty_mask_is_zero_with_gradient():
 
 
 def test_n2v_loss_shape_mismatch():
-    message = r"mask: expected the shape of 'input' \(1, 1, 8, 8\), got shape \(1, 1, 4, 4\)"
+    message = r"mask: expected the shape \(1, 1, 8, 8\) of input, got shape \(1, 1, 4, 4\)"
     with pytest.raises(ValueError, match=message):
         N2VLoss()(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 4, 4))
 

@@ -280,7 +280,7 @@ def load_split(
         if noisy_path is not None:
             noisy_name = where(noisy_path, noisy_key)
             with _open_volume(noisy_path, noisy_key) as nsrc:
-                check_same_shape(nsrc.shape, shape, noisy_name, raw_name)
+                check_same_shape(shape, raw_name, **{noisy_name: nsrc.shape})
                 noisy = nsrc.read(roi)
             out["noisy"] = _to_uint8(noisy, check_image(noisy, f"{noisy_name}, {span}", intensity_range, z.start))
         elif noise is None:
@@ -294,7 +294,7 @@ def load_split(
     if "label" in keys:
         label_name = where(label_path or path, label_key)
         with _open_volume(label_path or path, label_key) as lsrc:
-            check_same_shape(lsrc.shape, shape, label_name, raw_name)
+            check_same_shape(shape, raw_name, **{label_name: lsrc.shape})
             label = lsrc.read(roi)
         out["label"] = check_labels(label, f"{label_name}, {span}", z_offset=z.start)
     return out

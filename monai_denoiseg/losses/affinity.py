@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from monai.utils import LossReduction, look_up_option
 from torch import nn
 
-from .n2v import check_same_shape, masked_reduce
+from monai_denoiseg.utils.validation import check_same_shape
+
+from .n2v import masked_reduce
 
 __all__ = ["WeightedAffinityBCELoss"]
 

@@ -6,16 +6,9 @@ import torch
 from monai.utils import LossReduction, look_up_option
 from torch import nn
 
-__all__ = ["check_same_shape", "masked_reduce", "N2VLoss"]
+from monai_denoiseg.utils.validation import check_same_shape
 
-
-def check_same_shape(reference: torch.Tensor, key_ref: str = "input", **others: torch.Tensor | None) -> None:
-    """Every tensor in ``others`` (those not None) must have exactly the shape of ``reference``."""
-    for key, x in others.items():
-        if x is not None and tuple(x.shape) != tuple(reference.shape):
-            raise ValueError(
-                f"{key}: expected the shape of {key_ref!r} {tuple(reference.shape)}, got shape {tuple(x.shape)}."
-            )
+__all__ = ["masked_reduce", "N2VLoss"]
 
 
 def masked_reduce(values: torch.Tensor, mask: torch.Tensor | None, reduction: str) -> torch.Tensor:

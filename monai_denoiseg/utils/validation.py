@@ -37,7 +37,8 @@ CHUNK_BYTES = 64 * 2**20  # the value checks below hold at most about this much 
 
 
 def _shape(x) -> tuple[int, ...]:
-    return tuple(int(s) for s in x.shape)
+    """The shape of an array or tensor, or a shape itself."""
+    return tuple(int(s) for s in getattr(x, "shape", x))
 
 
 def check_spatial_ndim(x, spatial_dims: int | Sequence[int], key: str = "image", extra_dims: int = 1) -> int:
@@ -188,11 +189,13 @@ def check_z_range(z_range, depth: int, name: str = "volume") -> slice:
     return slice(a, b)
 
 
-def check_same_shape(shape, reference, name: str = "label", reference_name: str = "raw") -> None:
-    """Aligned volumes (raw, noisy, label) must have one shape: a shifted or cropped label would train on noise."""
-    shape, reference = tuple(int(s) for s in shape), tuple(int(s) for s in reference)
-    if shape != reference:
-        raise ValueError(f"{name}: expected the shape {reference} of {reference_name}, got shape {shape}.")
+def check_same_shape(reference, reference_name: str = "input", **others) -> None:
+    """Every one of ``others`` (name -> array, tensor or shape; None is skipped) has exactly ``reference``'s
+    shape: a shifted or cropped label would train on noise, a mask of another size would weigh the wrong pixels."""
+    ref = _shape(reference)
+    for name, x in others.items():
+        if x is not None and _shape(x) != ref:
+            raise ValueError(f"{name}: expected the shape {ref} of {reference_name}, got shape {_shape(x)}.")
 
 
 def _chunks(x, max_bytes: int | None = None):
