@@ -31,7 +31,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import experiments as ex  # noqa: E402
 
-from monai_denoiseg.bundle_tools import load_bundle_network  # noqa: E402
+from monai_denoiseg.bundle import load_bundle_network  # noqa: E402
 from monai_denoiseg.data.datasets import load_split  # noqa: E402
 from monai_denoiseg.engines.evaluation import evaluate_prediction, predict_volume  # noqa: E402
 from monai_denoiseg.provenance import config_hash, provenance  # noqa: E402

@@ -15,7 +15,7 @@ from monai.networks.nets import BasicUNet
 
 import monai.bundle
 from conftest import DATA_DIR
-from monai_denoiseg import bundle_tools as bt
+from monai_denoiseg.bundle import release as bt
 
 NAME = "tiny_em_unet"
 FEATURES = [4, 4, 8, 16, 32, 4]
@@ -230,7 +230,7 @@ def test_cli(bundle, tmp_path, capsys):
 def test_bundle_root_defaults_without_reading_the_command_line(tmp_path, monkeypatch):
     """MONAI's convention: run from inside the bundle (or pass --bundle_root); a checkout's root finds
     bundles/<name>; a config path on the command line is not parsed."""
-    from monai_denoiseg.bundle_utils import find_bundle_root
+    from monai_denoiseg.bundle import find_bundle_root
 
     name = "medulla_fibsem_denoiseg"
     repo_copy = Path(__file__).resolve().parents[1] / "bundles" / name

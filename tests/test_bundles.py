@@ -23,7 +23,7 @@ import tifffile
 import torch
 from conftest import BUNDLES_DIR, DATA_DIR, data_path, run_bundle
 
-from monai_denoiseg import bundle_tools as bt
+from monai_denoiseg.bundle import release as bt
 from monai_denoiseg.engines import get_strategy, load_network_weights
 
 NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v"]
@@ -242,7 +242,7 @@ def test_affinity_bundles_share_the_medulla_bundles_workflow(name):
 
 
 def test_split_keys_load_clean_images_only_where_a_stage_trains_on_them():
-    from monai_denoiseg.bundle_utils import split_keys
+    from monai_denoiseg.bundle import split_keys
 
     assert "clean" in split_keys("sequential", "train")  # its denoiser is pretrained with DN-only
     assert "clean" in split_keys("dms", "train") and "clean" in split_keys("joint", "train")

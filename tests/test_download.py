@@ -174,7 +174,7 @@ def test_check_cremi_file_missing_dataset(tmp_path):
 
 
 def test_locate_data_order_truncated_copy_and_cremi_download(tmp_path, monkeypatch, serve):
-    from monai_denoiseg.bundle_utils import locate_data
+    from monai_denoiseg.bundle import locate_data
 
     a, b, bundle = tmp_path / "a", tmp_path / "b", tmp_path / "bundle"
     for d in (a, b, bundle / "data"):

@@ -296,7 +296,7 @@ def test_unlabelled_items_train_the_denoiser_but_not_the_segmentation_loss(loade
 def test_self_supervised_strategies_select_without_clean_images_or_labels(split):
     """n2v_only validates on noisy volumes alone: its selection metric is the N2V loss at fixed blind spots
     (recomputed here in numpy), the same at every validation; strategies with labels keep VOI / IoU."""
-    from monai_denoiseg.bundle_utils import selection_metric
+    from monai_denoiseg.bundle import selection_metric
 
     vol = {"noisy": split["noisy"][:2, :64, :64]}  # no clean image, no labels
     net = tiny_net()

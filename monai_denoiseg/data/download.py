@@ -1,7 +1,7 @@
 """Download the public EM datasets from their official sources, verified, into CREMI-layout HDF5.
 
 The project never ships data: a dataset is read from a local copy (``data_dir`` / the bundle key
-``data_dir``, or ``$MONAI_DENOISEG_DATA``, see ``monai_denoiseg.bundle_utils.locate_data``) or downloaded here. Every
+``data_dir``, or ``$MONAI_DENOISEG_DATA``, see ``monai_denoiseg.bundle.locate_data``) or downloaded here. Every
 download goes to a temporary name in the target folder and is renamed only once it is complete and
 checked, so that a killed download never leaves a file that looks finished; an existing output that
 does not open, lacks a dataset or has the wrong shape is detected and downloaded again. Every file from a

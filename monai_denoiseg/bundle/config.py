@@ -1,4 +1,4 @@
-"""Small helpers that MONAI bundle configs of this toolkit call (``$monai_denoiseg.bundle_utils.x(...)``).
+"""Small helpers that MONAI bundle configs of this toolkit call (``$monai_denoiseg.bundle.x(...)``).
 
 They keep the configs declarative: where the bundle lives (MONAI's ``bundle_root`` would otherwise be
 the current directory), where the data are (a local folder, ``$MONAI_DENOISEG_DATA``, or a verified
@@ -21,7 +21,7 @@ def find_bundle_root(name: str) -> str:
     """The default of the configs' ``bundle_root`` (MONAI's convention: an override, ``--bundle_root``): the
     current directory when run from inside bundle ``name`` (as MONAI expects), ``./bundles/<name>`` when run
     from a checkout's root, else this installation's ``bundles/<name>``. The command line is never parsed."""
-    candidates = [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[1] / "bundles" / name]
+    candidates = [Path.cwd(), Path.cwd() / "bundles" / name, Path(__file__).resolve().parents[2] / "bundles" / name]
     for folder in candidates:
         if folder.name == name and (folder / "configs" / "metadata.json").is_file():
             return str(folder)

@@ -14,8 +14,8 @@ error); ``load_bundle_network`` parses the YAML config and loads the weights str
 
 Command line::
 
-    python -m monai_denoiseg.bundle_tools package bundles/medulla_fibsem_denoiseg --out dist
-    python -m monai_denoiseg.bundle_tools verify bundles/medulla_fibsem_denoiseg
+    python -m monai_denoiseg.bundle package bundles/medulla_fibsem_denoiseg --out dist
+    python -m monai_denoiseg.bundle verify bundles/medulla_fibsem_denoiseg
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def default_schema_path() -> Path:
     env = os.environ.get(SCHEMA_ENV)
     if env:
         return Path(env).expanduser()
-    return Path(__file__).resolve().parents[1].parent / "shared" / "monai" / DEFAULT_SCHEMA_NAME
+    return Path(__file__).resolve().parents[2].parent / "shared" / "monai" / DEFAULT_SCHEMA_NAME
 
 
 def _all_schema_errors(metadata: dict, schema_path: Path) -> list[str]:
@@ -275,8 +275,8 @@ def load_bundle_network(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m monai_denoiseg.bundle_tools package|verify <bundle_dir> [--out DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m monai_denoiseg.bundle_tools", description=__doc__.split("\n")[0])
+    """``python -m monai_denoiseg.bundle package|verify <bundle_dir> [--out DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m monai_denoiseg.bundle", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pkg = sub.add_parser("package", help="write <name>_v<version>.zip (Model Zoo release layout)")
     pkg.add_argument("bundle_dir")
