@@ -1,7 +1,8 @@
 """Evaluation metrics as MONAI cumulative metrics: VOI and adapted Rand error for instances, PSNR/SSIM
-on the reference's [0, 1] scale, IoU/F1 for binary masks."""
+on the reference's [0, 1] scale, IoU/F1 for binary masks, detection F1/IoU of boxes."""
 
 from .binary import binary_f1_metric, binary_iou_metric
+from .detection import DetectionMetric, match_boxes
 from .image import UnitRangePSNRMetric, UnitRangeSSIMMetric, to_unit_range
 from .segmentation import (
     AdaptedRandError,
@@ -15,6 +16,7 @@ from .segmentation import (
 __all__ = [
     "AdaptedRandError",
     "AdaptedRandErrorMetric",
+    "DetectionMetric",
     "UnitRangePSNRMetric",
     "UnitRangeSSIMMetric",
     "VariationOfInformation",
@@ -22,6 +24,7 @@ __all__ = [
     "adapted_rand_error",
     "binary_f1_metric",
     "binary_iou_metric",
+    "match_boxes",
     "to_unit_range",
     "variation_of_information",
 ]

@@ -11,6 +11,7 @@ from .affinity import (
     label_to_affinity,
     offsets_for_ndim,
 )
+from .boxes import LabelToBoxes, LabelToBoxesD, LabelToBoxesd, LabelToBoxesDict, label_to_boxes
 from .instances import (
     AffinityToInstances,
     AffinityToInstancesD,
