@@ -1,5 +1,6 @@
 """Evaluation metrics as MONAI cumulative metrics: VOI and adapted Rand error for instances, PSNR/SSIM
-on the reference's [0, 1] scale, IoU/F1 for binary masks, detection F1/IoU of boxes."""
+on the reference's [0, 1] scale, IoU/F1 for binary masks, detection F1/IoU of boxes;
+:class:`SliceAveragedMetric` scores any of them per 2-D slice of a volume (the papers' protocol)."""
 
 from .binary import binary_f1_metric, binary_iou_metric
 from .detection import DetectionMetric, match_boxes
@@ -12,6 +13,7 @@ from .segmentation import (
     adapted_rand_error,
     variation_of_information,
 )
+from .slicewise import SliceAveragedMetric
 
 __all__ = [
     "AdaptedRandError",
@@ -20,6 +22,7 @@ __all__ = [
     "UnitRangePSNRMetric",
     "UnitRangeSSIMMetric",
     "VariationOfInformation",
+    "SliceAveragedMetric",
     "VariationOfInformationMetric",
     "adapted_rand_error",
     "binary_f1_metric",

@@ -27,9 +27,9 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from monai.metrics import CumulativeIterationMetric
-from monai.metrics.utils import do_metric_reduction
 from monai.utils import MetricReduction, look_up_option
 
+from monai_denoiseg.metrics.slicewise import reduce_values
 from monai_denoiseg.utils.validation import check_instance_labels, check_spatial_ndim
 
 __all__ = [
@@ -178,10 +178,12 @@ class _ContingencyMetric(CumulativeIterationMetric):
         ignore_gt: Sequence[int] = (0,),
         reduction: MetricReduction | str = MetricReduction.MEAN,
         get_not_nans: bool = False,
+        term: str | None = None,
     ) -> None:
         super().__init__()
         self.mode = look_up_option(mode, ("slice", "volume"))
         self.ignore_gt = tuple(int(i) for i in ignore_gt)
+        self.term = None if term is None else look_up_option(term, self.terms)
         self.reduction = reduction
         self.get_not_nans = get_not_nans
 
@@ -210,6 +212,8 @@ class _ContingencyMetric(CumulativeIterationMetric):
         pairs = zip(seg.reshape(batch * slices, -1), gt.reshape(batch * slices, -1))
         values = np.stack([self._values(_table_sums(s, g, self.ignore_gt)) for s, g in pairs])
         values = values.reshape(batch, slices, len(self.terms))
+        if self.term is not None:
+            values = values[..., [self.terms.index(self.term)]]
         counted = ~np.isnan(values)
         n_counted = counted.sum(axis=1)
         per_sample = np.where(counted, values, 0.0).sum(axis=1) / np.maximum(n_counted, 1)
@@ -220,14 +224,20 @@ class _ContingencyMetric(CumulativeIterationMetric):
         """The values of ``terms`` from the table sums of one slice or volume."""
         raise NotImplementedError
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The terms of the per-sample values, in order: ``(term,)`` if one was chosen, else ``terms``."""
+        return self.terms if self.term is None else (self.term,)
+
     def aggregate(self, reduction: MetricReduction | str | None = None):
-        """The key term (first column: VOI total / ARAND error) reduced over samples: a scalar with ``"mean"``."""
+        """The key term (first column: VOI total / ARAND error, or the chosen ``term``) reduced over samples:
+        a scalar with ``"mean"``."""
         return self._reduce(self._buffer_tensor()[:, :1], reduction)
 
     def aggregate_terms(self, reduction: MetricReduction | str | None = None) -> dict[str, torch.Tensor]:
-        """Every term reduced over samples, by name."""
+        """Every term (of ``columns``) reduced over samples, by name."""
         data = self._buffer_tensor()
-        return {name: self._reduce(data[:, i : i + 1], reduction) for i, name in enumerate(self.terms)}
+        return {name: self._reduce(data[:, i : i + 1], reduction) for i, name in enumerate(self.columns)}
 
     def _buffer_tensor(self) -> torch.Tensor:
         data = self.get_buffer()
@@ -236,7 +246,7 @@ class _ContingencyMetric(CumulativeIterationMetric):
         return data
 
     def _reduce(self, column: torch.Tensor, reduction):
-        f, not_nans = do_metric_reduction(column.clone(), reduction or self.reduction)
+        f, not_nans = reduce_values(column, reduction or self.reduction)
         return (f, not_nans) if self.get_not_nans else f
 
 
@@ -247,7 +257,9 @@ class VariationOfInformationMetric(_ContingencyMetric):
     tensors or numpy arrays. Per sample: ``[total, split, merge]``; ``mode="slice"`` averages the
     values of the 2-D slices (the EM-DenoiSeg protocol), ``"volume"`` scores each 3-D volume as a whole.
     Ground-truth ids in ``ignore_gt`` are left out. ``aggregate()`` returns the mean total VOI (the key
-    metric for checkpoint selection), ``aggregate_terms()`` all three.
+    metric for checkpoint selection), ``aggregate_terms()`` all three. ``term="split"`` (or ``"merge"``,
+    ``"total"``) computes that term alone, per sample (B, 1): one ``IgniteMetricHandler`` per reported number
+    (the evaluator's ``voi_split`` / ``voi_merge``).
     """
 
     terms = ("total", "split", "merge")
@@ -260,8 +272,8 @@ class VariationOfInformationMetric(_ContingencyMetric):
 class AdaptedRandErrorMetric(_ContingencyMetric):
     """Adapted Rand error (SNEMI3D) as a MONAI cumulative metric; per sample ``[error, precision, recall]``.
 
-    Same inputs, modes and aggregation as :class:`VariationOfInformationMetric`; ``aggregate()`` returns
-    the mean error.
+    Same inputs, modes, aggregation and ``term`` (``"error"``, ``"precision"``, ``"recall"``) as
+    :class:`VariationOfInformationMetric`; ``aggregate()`` returns the mean error.
     """
 
     terms = ("error", "precision", "recall")
