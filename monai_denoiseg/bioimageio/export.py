@@ -194,7 +194,8 @@ def _cover(image: np.ndarray, pred: np.ndarray, path: Path) -> None:
     if image.ndim == 3:  # 3-D: the middle slice
         image, pred = image[image.shape[0] // 2], pred[:, pred.shape[1] // 2]
     gray = image.astype(np.float32) / 255.0
-    den = np.clip(pred[0], 0, 1)
+    lo, hi = np.percentile(pred[0], [1, 99])  # display stretch: an early checkpoint's image may be off-range
+    den = np.clip((pred[0] - lo) / max(float(hi - lo), 1e-6), 0, 1)
     prob = np.clip(pred[1:].mean(0), 0, 1) if pred.shape[0] > 1 else np.zeros_like(den)
     left = np.stack([gray] * 3, -1)
     right = np.stack([np.maximum(den, prob), den * (1 - 0.6 * prob), den * (1 - 0.6 * prob)], -1)
