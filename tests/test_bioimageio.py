@@ -121,8 +121,12 @@ def _summary_text(summary) -> str:
 
 
 def test_network_access_is_blocked(offline):
-    with pytest.raises(OSError):
-        socket.create_connection(("example.org", 80), timeout=1)
+    """The guard itself refuses (not merely a machine without a route): by name and by address."""
+    with pytest.raises(OSError, match="test_bioimageio: name resolution blocked"):
+        socket.create_connection(("bioimage.io", 443), timeout=1)
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with pytest.raises(OSError, match="test_bioimageio: network access blocked"):
+            sock.connect(("93.184.215.14", 443))
 
 
 @pytest.mark.parametrize("case", list(CASES))
