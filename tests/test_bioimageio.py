@@ -72,12 +72,35 @@ def offline():
     mp.undo()
 
 
+def _fit_briefly(net, image, key, shape, steps: int = 30) -> None:
+    """A few Adam steps towards reproducing the input in every channel, on another crop of the same file.
+
+    A freshly initialised small network is almost blind to its input (its outputs move by < 1e-3 when the
+    input is doubled), so a package with wrong preprocessing would still "reproduce" its test output;
+    after this its outputs follow the input (checked in test_package_contents), so the tests can fail.
+    """
+    from monai_denoiseg.bioimageio import load_test_image
+
+    crop = load_test_image(data_path(*image), key, shape, start=[0] * len(shape), z=3)
+    x = torch.from_numpy(crop.astype(np.float32) / 255.0)[None, None]
+    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
+    net.train()
+    for _ in range(steps):
+        loss = ((net(x) - x) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    net.eval()
+
+
 def _export(case: str, folder: Path, via_cli: bool = False) -> dict:
     bundle, configs, features, image, key, shape, _ = CASES[case]
     torch.manual_seed(0)
-    net = load_bundle_network(bundle, configs, weights=None, overrides={"features": features})  # network_def
+    net = load_bundle_network(bundle, configs, weights=None, net_id="export_network_def",
+                              overrides={"features": features})
+    _fit_briefly(net, image, key, shape)
     ckpt = folder / "model.pt"
-    torch.save(net.state_dict(), ckpt)  # what the bundle's CheckpointSaver writes: network_def's state dict
+    torch.save(net.network.state_dict(), ckpt)  # what the bundle's CheckpointSaver writes: network_def's state dict
     out = folder / f"{case}.zip"
     args = ["export", "--bundle", str(bundle), "--checkpoint", str(ckpt), "--output", str(out),
             "--test-input", str(data_path(*image)), "--test-shape", *map(str, shape), "--config", *configs,
@@ -196,6 +219,12 @@ def test_package_contents(packages, case):
     start = [(v - s) // 2 for s, v in zip(shape, full.shape)]
     np.testing.assert_array_equal(test_in[0, 0], full[tuple(slice(a, a + s) for a, s in zip(start, shape))])
     assert test_in.std() > 5  # real EM texture, not a constant
+    # the network follows its input: wrong preprocessing (e.g. 2/255) would not reproduce the test output
+    net = load_bundle_network(bundle, configs, weights=str(packages[case]["checkpoint"]), net_id="export_network_def",
+                              overrides={"features": CASES[case][2]}).eval()
+    x = torch.from_numpy(test_in.astype(np.float32) / 255.0)
+    with torch.no_grad():
+        assert (net(2 * x) - net(x)).abs().amax(dim=tuple(range(2, 2 + dims))).min() > 0.01
 
     # documentation, citations of both papers, licence, training data, cover
     with zipfile.ZipFile(zip_path) as z:
