@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -30,6 +31,7 @@ import torch
 from ignite.engine import Events
 from monai.engines import Evaluator
 from monai.handlers import IgniteMetricHandler, from_engine
+from monai.metrics import Cumulative
 
 from monai_denoiseg.engines.evaluation import _channels_4d, _stack_3d, predict_volume, save_metrics, segment
 from monai_denoiseg.figures import save_figure
@@ -121,7 +123,8 @@ def default_metric_handlers(
             handlers[f"psnr_{key}"] = IgniteMetricHandler(
                 metric_fn=SliceAveragedMetric(UnitRangePSNRMetric(data_range=1.0), mode=per),
                 output_transform=from_engine([key, "clean"]))
-            handlers[f"ssim_{key}"] = IgniteMetricHandler(  # 3-D SSIM needs 7 slices, else per slice (as evaluate_prediction)
+            # a 3-D SSIM needs 7 slices, else per slice (as evaluate_prediction)
+            handlers[f"ssim_{key}"] = IgniteMetricHandler(
                 metric_fn=SliceAveragedMetric(UnitRangeSSIMMetric(spatial_dims=2, data_range=1.0), mode=per,
                                               volume_metric_fn=UnitRangeSSIMMetric(spatial_dims=3, data_range=1.0),
                                               min_depth=7),
@@ -130,6 +133,14 @@ def default_metric_handlers(
         handlers["self_supervised_loss"] = IgniteMetricHandler(loss_fn=torch.nn.Identity(),
                                                                output_transform=_value_only("self_supervised_loss"))
     return handlers
+
+
+def _sync_locally(self) -> None:
+    """``Cumulative._sync`` without the all-gather: the buffers of this process, as one tensor each."""
+    if self._synced or self._buffers is None:
+        return
+    self._synced_tensors = [torch.stack(b, dim=0) for b in self._buffers]
+    self._synced = True
 
 
 def _is_number(v) -> bool:
@@ -226,6 +237,10 @@ class DenoiSegEvaluator(Evaluator):
         self.per = per
         key, metrics = self._metrics(key_val_metric, additional_metrics, default_metrics, binary_key is not None)
         self._metric_handlers = dict(metrics)
+        for handler in metrics.values():  # every rank that runs the evaluator scores all its volumes (in the
+            fn = getattr(handler, "metric_fn", None)  # bundles' DDP, rank 0 alone): nothing to gather, and an
+            if isinstance(fn, Cumulative):  # all-gather would wait forever for the ranks that do not validate
+                fn._sync = types.MethodType(_sync_locally, fn)
         if metric_cmp_fn is None:
             metric_cmp_fn = _lower_is_better if LOWER_IS_BETTER.get(key, False) else _higher_is_better
         super().__init__(device=device, val_data_loader=self.volume_list, epoch_length=len(self.volume_list),
@@ -345,8 +360,8 @@ class DenoiSegEvaluator(Evaluator):
         if self.output_dir is None:
             return
         name = self._name()
-        save_metrics([{"volume": "mean", **means}] + [{"volume": i, **r} for i, r in enumerate(self.per_volume_metrics())],
-                     self.output_dir, name=f"metrics_{name}")
+        rows = [{"volume": "mean", **means}] + [{"volume": i, **r} for i, r in enumerate(self.per_volume_metrics())]
+        save_metrics(rows, self.output_dir, name=f"metrics_{name}")
         out = engine.state.output or {}
         if out.get("volume") is not None:
             self._figure(out, self.output_dir / f"figure_{name}.png")
