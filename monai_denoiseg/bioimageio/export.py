@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from monai_denoiseg.bundle.release import bundle_parser
+
 __all__ = ["export_bioimageio_package", "resolve_config", "load_test_image", "CITATIONS"]
 
 logger = logging.getLogger(__name__)
@@ -102,23 +104,6 @@ def _evaluate(parser, expr: str, where: str) -> Any:
     finally:
         parser.config.pop(tmp, None)
         parser.ref_resolver.reset()
-
-
-def _read_parser(bundle: Path, configs: Sequence[str], overrides: dict[str, Any] | None):
-    from monai.bundle import ConfigParser
-
-    files = [bundle / "configs" / c for c in configs]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise ValueError(f"config: no such config file(s) {missing} in the bundle {str(bundle)!r}.")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    parser.read_meta(str(bundle / "configs" / "metadata.json"))
-    if "bundle_root" in parser:
-        parser["bundle_root"] = str(bundle)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
-    return parser
 
 
 def _load_state(checkpoint: Path, key_in_ckpt: str | None) -> dict:
@@ -347,7 +332,7 @@ def export_bioimageio_package(
     if not checkpoint.is_file():
         raise ValueError(f"checkpoint: no such file {str(checkpoint)!r}.")
     configs = [config] if isinstance(config, str) else list(config)
-    parser = _read_parser(bundle, configs, overrides)
+    parser = bundle_parser(bundle, configs, overrides)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text(encoding="utf-8"))
     licence_file = bundle / "LICENSE"
     if not licence_file.is_file():

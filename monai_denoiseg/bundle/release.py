@@ -37,6 +37,7 @@ __all__ = [
     "package_bundle",
     "verify_bundle_metadata",
     "load_bundle_network",
+    "bundle_parser",
     "default_schema_path",
     "read_bundle_metadata",
     "MAX_FILE_BYTES",
@@ -219,6 +220,29 @@ def verify_bundle_metadata(bundle_dir: PathLike, schema_path: PathLike | None = 
         ) from e
 
 
+def bundle_parser(bundle_dir: PathLike, config: str | Sequence[str] = "inference.yaml",
+                  overrides: dict[str, Any] | None = None):
+    """A ``ConfigParser`` of the bundle's config files (``configs/<config>``, one or a list, merged in order) and
+    its metadata, ``bundle_root`` set to ``bundle_dir`` when the config defines it, then ``overrides`` applied."""
+    from monai.bundle import ConfigParser
+
+    bundle_dir = Path(bundle_dir).expanduser()
+    names = [config] if isinstance(config, str) else list(config)
+    files = [bundle_dir / "configs" / n for n in names]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise ValueError(f"config: no such config file(s) {missing} in the bundle {str(bundle_dir)!r}.")
+    parser = ConfigParser()
+    parser.read_config([str(f) for f in files])
+    if (bundle_dir / "configs" / "metadata.json").is_file():
+        parser.read_meta(str(bundle_dir / "configs" / "metadata.json"))
+    if "bundle_root" in parser:
+        parser["bundle_root"] = str(bundle_dir)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
 def load_bundle_network(
     bundle_dir: PathLike,
     config: str | Sequence[str] = "inference.yaml",
@@ -239,24 +263,11 @@ def load_bundle_network(
     weights are read with ``torch.load(weights_only=True)``.
     """
     import torch
-    from monai.bundle import ConfigParser
 
     bundle_dir = Path(bundle_dir).expanduser()
-    names = [config] if isinstance(config, str) else list(config)
-    files = [bundle_dir / "configs" / n for n in names]
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise ValueError(f"config: no such config file(s) {missing} in the bundle {str(bundle_dir)!r}.")
-    parser = ConfigParser()
-    parser.read_config([str(f) for f in files])
-    if (bundle_dir / "configs" / "metadata.json").is_file():
-        parser.read_meta(str(bundle_dir / "configs" / "metadata.json"))
-    if "bundle_root" in parser:
-        parser["bundle_root"] = str(bundle_dir)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
+    parser = bundle_parser(bundle_dir, config, overrides)
     if net_id not in parser:
-        raise ValueError(f"net_id: no {net_id!r} in {[f.name for f in files]} of {str(bundle_dir)!r}.")
+        raise ValueError(f"net_id: no {net_id!r} in {config!r} of {str(bundle_dir)!r}.")
     net = parser.get_parsed_content(net_id, instantiate=True)
     if not isinstance(net, torch.nn.Module):
         raise ValueError(f"{net_id}: expected the config to build a torch.nn.Module, got {type(net).__name__}.")
