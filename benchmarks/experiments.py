@@ -116,6 +116,12 @@ EXPERIMENTS: dict[str, Experiment] = {
         description="Experiment 1's synthetic noise without clean images: the Noise2Void strategies beside "
                     "medulla_2d's joint (which needs clean images).",
     ),
+    # issue 14: the N2V rows after the masking fix (no replacement reads a blind spot) and label-free selection
+    "medulla_n2v_rerun": Experiment(
+        "medulla_fibsem_denoiseg", rows("n2v_only", "n2v_joint_supervised", "n2v_joint_iem"), rerun_of="medulla_n2v",
+        description="medulla_n2v rerun: the eval-mode network, the reference-scale objective, blind spots whose "
+                    "replacements never read another blind spot, n2v_only selected on its validation N2V loss.",
+    ),
     "medulla_real_noise": Experiment(
         "medulla_fibsem_denoiseg",
         {**rows("seg_only", "n2v_joint_supervised", "n2v_joint_iem", noise="$None"),
