@@ -248,3 +248,13 @@ def test_bundle_root_defaults_without_reading_the_command_line(tmp_path, monkeyp
     assert find_bundle_root(name) == str(tmp_path / "elsewhere" / "bundles" / name)  # a checkout's root
     with pytest.raises(FileNotFoundError, match="--bundle_root"):
         find_bundle_root("no_such_bundle")
+
+
+def test_machine_and_run_derived_defaults(monkeypatch):
+    from monai_denoiseg.bundle import loader_workers, validation_interval
+
+    for cores, workers in ((1, 0), (2, 1), (16, 4)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda _, n=cores: set(range(n)))
+        assert loader_workers() == workers
+    # at least two validations a run: 4 epochs -> every 2, 20 -> every 5 (the preferred), 1 -> every epoch
+    assert [validation_interval(e, 5) for e in (1, 2, 4, 10, 20, 100)] == [1, 1, 2, 5, 5, 5]

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from monai_denoiseg.engines.strategies import get_strategy
 
-__all__ = ["find_bundle_root", "locate_data", "split_keys", "load_unlabelled", "selection_metric", "resolve_device", "rank_zero_only"]
+__all__ = ["find_bundle_root", "locate_data", "split_keys", "load_unlabelled", "selection_metric", "resolve_device", "rank_zero_only",
+           "loader_workers", "validation_interval"]
 
 DATA_ENV = "MONAI_DENOISEG_DATA"
 
@@ -108,6 +109,19 @@ def resolve_device(device: str = "auto"):
     import torch
 
     return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def loader_workers(cap: int = 4) -> int:
+    """Data-loader processes for this machine: half the cores this process may use (the other half computes),
+    at most ``cap``; 0 (load in the main process) with a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(int(cap), cores // 2))
+
+
+def validation_interval(epochs: int, preferred: int = 5) -> int:
+    """Epochs between validations: ``preferred``, but at most half the run, so that a run validates at least
+    twice and the best checkpoint is chosen, not just the last one taken."""
+    return max(1, min(int(preferred), int(epochs) // 2))
 
 
 def rank_zero_only(handlers: list) -> list:
