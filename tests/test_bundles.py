@@ -16,6 +16,7 @@ import threading
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+import h5py
 import monai
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from conftest import BUNDLES_DIR, DATA_DIR, data_path, run_bundle
 
 from monai_denoiseg.bundle import release as bt
 from monai_denoiseg.engines import get_strategy, load_network_weights
+from monai_denoiseg.metrics import variation_of_information
 
 NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v"]
 SCHEMA = DATA_DIR.parent / "monai" / "meta_schema_20240725.json"
@@ -112,6 +114,14 @@ def test_train_evaluate_infer_on_real_data(name, tmp_path):
     expected = {"iou", "f1", "psnr_coarse"} if name == "lucchi_mito_n2v" else {"psnr_final", "ssim_final", "voi", "arand"}
     assert expected <= set(rows[0]) and all(np.isfinite(rows[0][k]) for k in expected)
     assert (tmp_path / "out" / "test" / "figure_test_epoch1.png").is_file()
+    with h5py.File(tmp_path / "out" / "test" / "predictions_test_epoch1.h5", "r") as f:  # what was scored, saved
+        seg_key = "mask" if name == "lucchi_mito_n2v" else "instances"
+        den, seg = f["volume0/denoised"][()], f[f"volume0/{seg_key}"][()]
+    assert den.dtype == np.uint8 and seg.dtype in (np.uint8, np.uint16, np.uint32) and den.shape == seg.shape
+    if name != "lucchi_mito_n2v":  # re-scored from the file: the test metrics (one slice here)
+        test = parser(name, ("train.yaml", "evaluate.yaml"), cache_dir=str(tmp_path / "cache"))
+        test = test.get_parsed_content("test#volumes")
+        assert variation_of_information(seg, test["label"]).total == pytest.approx(rows[0]["voi"], abs=1e-6)
 
     stack = tmp_path / "stack.tif"  # a user-supplied TIFF stack (an ISBI crop, in tmp only)
     tifffile.imwrite(stack, tifffile.imread(data_path("isbi2012", "train-input.tif"))[:2, :96, :112])

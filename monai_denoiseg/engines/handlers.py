@@ -26,7 +26,7 @@ from monai.handlers import CheckpointLoader, CheckpointSaver
 
 from monai_denoiseg.utils.atomic import atomic_path
 
-__all__ = ["ProgressBarHandler", "AtomicDiskSaver", "AtomicCheckpointSaver", "make_atomic", "ResumeFromCheckpoint",
+__all__ = ["ProgressBarHandler", "PredictionWriter", "AtomicDiskSaver", "AtomicCheckpointSaver", "make_atomic", "ResumeFromCheckpoint",
            "checkpoint_candidates", "attach_validation_log"]
 
 _UMASK = os.umask(0)
@@ -42,6 +42,47 @@ class ProgressBarHandler:
 
     def attach(self, engine) -> None:
         self.bar.attach(engine, output_transform=lambda out: out["terms"])
+
+
+class PredictionWriter:
+    """Save what an evaluator predicted for each volume next to its metrics, so that it can be looked at and
+    re-scored: ``<output_dir>/predictions_<name>.h5`` with ``volume<i>/denoised`` (uint8, the final image or
+    the coarse one), ``volume<i>/instances`` (the narrowest unsigned type: uint32 opens in Fiji) or
+    ``volume<i>/mask`` (uint8 0/1), and with ``affinities`` ``volume<i>/affinities`` (float16, C x Z x Y x X).
+    ``<name>`` is the evaluator's run name (e.g. ``test_epoch1``); an existing dataset is refused unless
+    ``overwrite``. Every dataset is written atomically (``write_volume``)."""
+
+    def __init__(self, output_dir: str | os.PathLike, affinities: bool = False, overwrite: bool = False) -> None:
+        self.output_dir, self.affinities, self.overwrite = Path(output_dir), bool(affinities), bool(overwrite)
+
+    def attach(self, engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def path(self, engine) -> Path:
+        name = engine._name() if hasattr(engine, "_name") else f"epoch{engine.state.epoch}"
+        return self.output_dir / f"predictions_{name}.h5"
+
+    def __call__(self, engine) -> None:
+        import numpy as np
+
+        from monai_denoiseg.data.datasets import write_volume
+        from monai_denoiseg.engines.inference import narrowest_uint
+
+        out, path = engine.state.output, self.path(engine)
+        group = f"volume{out.get('index', engine.state.iteration - 1)}"
+        image = out.get("final", out.get("coarse"))
+        arrays = {}
+        if image is not None:
+            arrays["denoised"] = np.round(np.clip(image[0, 0].cpu().numpy(), 0, 1) * 255).astype(np.uint8)
+        if out.get("instances") is not None:
+            arrays["instances"] = narrowest_uint(np.asarray(out["instances"][0, 0]))
+        if out.get("mask") is not None:
+            arrays["mask"] = np.asarray(out["mask"][0, 0]).astype(np.uint8)
+        if self.affinities and out.get("affinity_prob") is not None:
+            arrays["affinities"] = out["affinity_prob"][0].cpu().numpy().astype(np.float16)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        for key, array in arrays.items():
+            write_volume(path, array, f"{group}/{key}", overwrite=self.overwrite)
 
 
 class AtomicDiskSaver(BaseSaveHandler):
