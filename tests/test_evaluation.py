@@ -343,3 +343,12 @@ def test_save_figure(tmp_path, isbi_slices, rng):
     assert elapsed < 5, elapsed  # ~0.5 s on 2 shared cores
     with pytest.raises(ValueError, match="2-D"):
         save_figure(tmp_path / "bad.png", noisy=np.zeros((2, 3, 8, 8)))
+
+
+def test_predict_volume_progress_bar_changes_nothing_but_stderr(capsys):
+    net = nn.Conv2d(1, 1, 3, padding=1)
+    x = torch.rand(20, 40, 50)  # 3 blocks of 8 slices: a bar over the blocks
+    quiet = predict_volume(net, x, (32, 32))["pred"]
+    assert "predict" not in capsys.readouterr().err
+    torch.testing.assert_close(predict_volume(net, x, (32, 32), progress=True)["pred"], quiet, atol=0, rtol=0)
+    assert "3/3" in capsys.readouterr().err

@@ -202,6 +202,7 @@ class DenoiSegEvaluator(Evaluator):
         default_metrics: False: only the metrics given, no default set.
         metric_cmp_fn: MONAI's comparison of the key metric with the best so far; default: lower is better
             for the names of :data:`LOWER_IS_BETTER` marked so, higher otherwise.
+        progress: a progress bar over each volume's prediction (the long part of a test evaluation).
     """
 
     def __init__(
@@ -228,11 +229,13 @@ class DenoiSegEvaluator(Evaluator):
         additional_metrics: Mapping | None = None,
         default_metrics: bool = True,
         metric_cmp_fn: Callable | None = None,
+        progress: bool = False,
         **kwargs,
     ) -> None:
         if per not in ("slice", "volume"):
             raise ValueError(f"per: expected 'slice' or 'volume', got {per!r}.")
         self.volume_list = volumes_to_list(volumes)
+        self.progress = bool(progress)
         self.strategy = get_strategy(strategy)
         self.per = per
         key, metrics = self._metrics(key_val_metric, additional_metrics, default_metrics, binary_key is not None)
@@ -326,7 +329,7 @@ class DenoiSegEvaluator(Evaluator):
         # the module itself, so that it runs in eval mode (batch norm's running statistics, nothing updated)
         return predict_volume(self.network, image, self.roi_size, sw_batch_size=self.sw_batch_size,
                               overlap=self.overlap, spatial_dims=self.spatial_dims, device=self.state.device,
-                              amp=self.use_amp, network_kwargs=self.strategy.network_kwargs)
+                              amp=self.use_amp, network_kwargs=self.strategy.network_kwargs, progress=self.progress)
 
     def _self_supervised_loss(self, noisy: torch.Tensor, index: int) -> float:
         """The strategy's label-free terms on the whole volume with fixed blind spots (seed ``n2v_seed + index``)."""

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.inferers import SlidingWindowInferer
+from tqdm import tqdm
 
 __all__ = ["BlockInferer", "predict_volume", "unit_range"]
 
@@ -94,11 +95,12 @@ class BlockInferer:
         device: where the network runs and the windows are blended (default: the network's device).
         amp: float16 autocast on CUDA (blending stays float32); ignored on the CPU, as in training: bfloat16
             there changes the predictions and is slower than float32 for these networks.
+        progress: MONAI's progress bar over the windows of each call.
     """
 
     def __init__(self, roi_size: Sequence[int] | int, overlap: float = 0.25, sw_batch_size: int = 4,
                  mode: str = "gaussian", device: str | torch.device | None = None, amp: bool = False,
-                 spatial_dims: int | None = None) -> None:
+                 spatial_dims: int | None = None, progress: bool = False) -> None:
         if isinstance(roi_size, numbers.Integral):
             if spatial_dims not in (2, 3):
                 raise ValueError(f"spatial_dims: expected 2 or 3 with an int roi_size, got {spatial_dims!r}.")
@@ -115,7 +117,7 @@ class BlockInferer:
         self.spatial_dims = len(self.roi_size)
         self.overlap, self.sw_batch_size, self.mode = float(overlap), int(sw_batch_size), mode
         self.device = None if device is None else torch.device(device)
-        self.amp = bool(amp)
+        self.amp, self.progress = bool(amp), bool(progress)
         #: MONAI's scan interval: windows start at multiples of it
         self.stride = tuple(max(int(r * (1 - self.overlap)), 1) for r in self.roi_size)
 
@@ -169,7 +171,7 @@ class BlockInferer:
             raise ValueError(f"image: expected a float (C, D, H, W) tensor, got {x.dtype} of shape {tuple(x.shape)}.")
         device = self.device or _default_device(network)
         inferer = SlidingWindowInferer(roi_size=self.roi_size, sw_batch_size=self.sw_batch_size, overlap=self.overlap,
-                                       mode=self.mode, progress=False, sw_device=device, device=device)
+                                       mode=self.mode, progress=self.progress, sw_device=device, device=device)
 
         def predictor(window: torch.Tensor):
             with torch.autocast(device_type=device.type, enabled=self.amp and device.type == "cuda"):
@@ -251,6 +253,7 @@ def predict_volume(
     amp: bool = False,
     block_shape: Sequence[int] | None = None,
     network_kwargs: Mapping[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Sliding-window inference of ``network`` over an in-memory stack; every output as (C, D, H, W) float32.
 
@@ -266,6 +269,7 @@ def predict_volume(
         block_shape: (z, y, x) voxels per block, as the blockwise pipeline (:mod:`monai_denoiseg.blockwise`) runs
             them on files (default :meth:`BlockInferer.default_block_shape`, or one block for a 3-D volume of up
             to 2^25 voxels: no context computed twice); the result does not depend on it.
+        progress: a progress bar over the blocks (over the windows when there is one block).
     """
     if spatial_dims not in (2, 3):
         raise ValueError(f"spatial_dims: expected 2 or 3, got {spatial_dims!r}.")
@@ -293,8 +297,10 @@ def predict_volume(
     def read(begin, end):
         return x[(slice(None), *(slice(b, e) for b, e in zip(begin, end)))]
 
+    blocks = list(_blocks(shape, block_shape))
+    inferer.progress = progress and len(blocks) == 1
     out: dict[str, torch.Tensor] = {}
-    for offset, size in _blocks(shape, block_shape):
+    for offset, size in tqdm(blocks, desc="predict", unit="block", disable=not progress or len(blocks) == 1):
         pred = inferer.predict_block(network, read, offset, size, shape, (0.0, 1.0), **dict(network_kwargs or {}))
         for k, v in pred.items():
             if k not in out:
