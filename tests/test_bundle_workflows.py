@@ -40,3 +40,18 @@ def test_the_standard_run_ids_train_the_medulla_bundle(tmp_path):
     assert ckpt["provenance"]["seed"] == 3
     metrics = json.loads((tmp_path / "out" / "validation" / "metrics_val_epoch1.json").read_text())
     assert "voi" in metrics[0]
+
+
+def test_every_run_has_its_own_folder_outside_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    paths = {}
+    for strategy, seed in (("joint", "0"), ("joint", "1"), ("seg_only", "0")):
+        p = monai.bundle.ConfigParser()
+        p.read_config(str(BUNDLES_DIR / "medulla_fibsem_denoiseg" / "configs" / "train.yaml"))
+        p.update({"strategy": strategy, "seed": _value(seed), "bundle_root": str(BUNDLES_DIR / "medulla_fibsem_denoiseg")})
+        paths[strategy, seed] = {k: p.get_parsed_content(k) for k in ("output_dir", "model_dir", "ckpt_dir", "cache_dir")}
+    assert paths["joint", "0"]["output_dir"] == "runs/medulla_fibsem_denoiseg/joint_seed0"
+    assert len({v["output_dir"] for v in paths.values()}) == 3  # a second seed never replaces the first
+    for v in paths.values():  # all relative to where it runs: nothing lands in the source tree
+        assert all(not str(path).startswith(str(BUNDLES_DIR)) for path in v.values())
+        assert v["model_dir"].startswith(v["output_dir"]) and v["ckpt_dir"].startswith(v["output_dir"])
