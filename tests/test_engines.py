@@ -338,3 +338,11 @@ def test_pretrained_stage_cache_is_keyed_by_what_determines_it(loader, tmp_path)
                                              batch_size=2)
     keys = {first, start(pretrain_iterations=2), start(seed=1), start(data=other_data)}
     assert len(keys) == 4 and all(k.is_file() for k in keys)
+
+
+def test_the_run_logs_its_budget_and_an_estimate_after_the_first_iterations(loader, caplog):
+    batch = next(iter(loader))
+    with caplog.at_level("INFO", logger="monai_denoiseg.engines.trainer"):
+        run_on(batch, "dn_only", DenoiSegTrainer.BUDGET_PROBE + 2)
+    lines = [r.getMessage() for r in caplog.records if "need about" in r.getMessage()]
+    assert len(lines) == 1 and f"the remaining 2 of {DenoiSegTrainer.BUDGET_PROBE + 2}" in lines[0], lines

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -288,6 +289,9 @@ class DenoiSegTrainer(SupervisedTrainer):
             self._attach_checkpoints(Path(checkpoint_dir), int(checkpoint_interval), resume)
         self.add_event_handler(Events.EPOCH_STARTED, self._set_data_epoch)
         self.add_event_handler(Events.STARTED, self._prepare_pretrained)
+        self._budget_start: tuple[float, int] | None = None
+        self.add_event_handler(Events.ITERATION_STARTED, self._start_budget_clock)
+        self.add_event_handler(Events.ITERATION_COMPLETED, self._log_budget)
         weights = getattr(loss_function, "weights", {})
         for term in LOSS_TERMS + ("loss",):
             if term == "loss" or term in weights:
@@ -378,6 +382,26 @@ class DenoiSegTrainer(SupervisedTrainer):
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         nn.utils.clip_grad_norm_(params, self.grad_clip)
+
+    #: iterations timed before the run's duration is estimated
+    BUDGET_PROBE = 10
+
+    def _start_budget_clock(self, engine) -> None:
+        if self._budget_start is None:  # the first iteration of this run (a resumed run starts later)
+            self._budget_start = (time.perf_counter(), engine.state.iteration - 1)
+
+    def _log_budget(self, engine) -> None:
+        """After the first iterations: the iteration budget and how long it will take on this machine."""
+        t0, first = self._budget_start
+        done = engine.state.iteration - first
+        if done != self.BUDGET_PROBE:
+            return
+        each = (time.perf_counter() - t0) / done
+        total = engine.state.max_epochs * engine.state.epoch_length
+        left = total - engine.state.iteration
+        logger.info("%s: %d iterations took %.1f s (%.2f s each); the remaining %d of %d need about %.1f min on "
+                    "this machine, plus validation", self.strategy.name, done, each * done, each, left, total,
+                    each * left / 60)
 
     def _spatial_dims(self) -> int:
         for name in STAGES:
