@@ -99,7 +99,7 @@ def test_run_config_hash_is_shared_by_seeds_and_changes_with_what_determines_a_r
     p0, p1 = experiments.run_provenance(name, "joint", 0), experiments.run_provenance(name, "joint", 1)
     assert p0["config_hash"] == p1["config_hash"] and (p0["seed"], p1["seed"]) == (0, 1)
     files = experiments.run_config(name, "joint")["config_files"]
-    assert set(files) == {"train.yaml", "evaluate.yaml"} and files["train.yaml"]["data_dir"] is None  # parsed YAML
+    assert set(files) == {"train.yaml", "evaluate.yaml"} and files["train.yaml"]["dataset_dir"] is None  # parsed YAML
     experiments.EXPERIMENTS[name].scale["lr"] = "1e-3"  # the module is this test's own copy
     assert config_hash(experiments.run_config(name, "seg_only")) != h["seg_only"]
     h = {row: config_hash(experiments.run_config(name, row)) for row in ("dn_only", "seg_only", "sequential")}
