@@ -21,7 +21,7 @@ import zarr
 from funlib.geometry import Coordinate
 from funlib.persistence import Array, open_ds, prepare_ds
 
-__all__ = ["open_volume", "prepare_array", "write_ome_metadata", "volume_format", "ZARR_SUFFIXES"]
+__all__ = ["open_volume", "open_source", "prepare_array", "write_ome_metadata", "volume_format", "ZARR_SUFFIXES"]
 
 ZARR_SUFFIXES = (".zarr", ".n5", ".ome.zarr")
 _H5_SUFFIXES = (".h5", ".hdf5", ".hdf", ".he5")
@@ -75,8 +75,11 @@ def _ome_first_dataset(node) -> tuple[object, Sequence[float] | None]:
     return node[first["path"]], scale
 
 
-def _open_source(path: Path, key: str | None, fmt: str):
-    """(array-like, voxel size or None) of ``path[key]``, opened lazily; errors name the file and key."""
+def open_source(path: Path, key: str | None, fmt: str):
+    """(array-like, voxel size or None) of ``path[key]``, opened lazily; errors name the file and key.
+
+    The one reader of zarr/OME-Zarr containers: :func:`open_volume` here and the training data
+    (:func:`monai_denoiseg.data.datasets.read_volume`) both use it."""
     if fmt == "hdf5":
         import h5py
 
@@ -149,7 +152,7 @@ def open_volume(path: str | os.PathLike, key: str | None = None,
     if not p.exists():
         raise FileNotFoundError(f"no such volume: {str(p)!r}")
     fmt = volume_format(p)
-    src, file_voxel_size = _open_source(p, key, fmt)
+    src, file_voxel_size = open_source(p, key, fmt)
     shape = tuple(int(s) for s in src.shape)
     where = f"{str(p)!r}" + (f", key {key!r}" if key else "")
     if len(shape) != 3:

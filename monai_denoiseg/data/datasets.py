@@ -51,10 +51,26 @@ class _Source:
 
 @contextlib.contextmanager
 def _open_volume(path: str | os.PathLike, key: str | None = None):
-    """Open ``path[key]`` (HDF5 dataset, TIFF stack, NIfTI) lazily; every failure names the file and key:
-    FileNotFoundError, KeyError (listing the datasets the file holds), OSError (truncated, corrupt, junk)."""
+    """Open ``path[key]`` (HDF5 dataset, zarr / OME-Zarr array, TIFF stack, NIfTI) lazily; every failure names
+    the file and key: FileNotFoundError, KeyError (listing the datasets the file holds), OSError (truncated,
+    corrupt, junk)."""
     path = Path(path).expanduser()
-    name = path.name.lower()
+    name = path.name.lower().rstrip("/")
+    if name.endswith(".zarr") or (path.is_dir() and any((path / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))):
+        if not path.is_dir():
+            raise FileNotFoundError(f"{key or 'volume'}: no zarr folder at {str(path)!r}.")
+        from monai_denoiseg.blockwise.storage import open_source
+
+        arr, _ = open_source(path, key, "zarr")
+
+        def read(roi):
+            try:
+                return np.asarray(arr[roi])
+            except (OSError, ValueError, RuntimeError) as e:  # a damaged chunk
+                raise file_error(path, key, "zarr", e) from e
+
+        yield _Source(arr.shape, arr.dtype, read)
+        return
     if not path.is_file():
         raise FileNotFoundError(f"{key or 'volume'}: no file at {str(path)!r}.")
     if name.endswith(_H5):
@@ -124,7 +140,8 @@ def _open_volume(path: str | os.PathLike, key: str | None = None):
 
         yield _Source(shape, img.get_data_dtype(), read)
         return
-    raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), TIFF (.tif) or NIfTI (.nii[.gz]) file.")
+    raise ValueError(f"{str(path)!r}: expected an HDF5 (.h5/.hdf), zarr / OME-Zarr (.zarr), TIFF (.tif) or NIfTI "
+                     "(.nii[.gz]) volume.")
 
 
 def _read_tiff(series, shape: tuple[int, ...], roi: tuple) -> np.ndarray:
@@ -141,7 +158,8 @@ def _read_tiff(series, shape: tuple[int, ...], roi: tuple) -> np.ndarray:
 
 
 def read_volume(path: str | os.PathLike, key: str | None = None, roi: Sequence[slice] | None = None) -> np.ndarray:
-    """A (Z, Y, X) array from a CREMI-layout HDF5 (``key`` = dataset), a TIFF stack or a NIfTI file.
+    """A (Z, Y, X) array from a CREMI-layout HDF5 or a zarr / OME-Zarr container (``key`` = dataset or array;
+    an OME-Zarr image group gives its full resolution), a TIFF stack or a NIfTI file.
 
     ``roi`` reads a crop (HDF5 and one-page-per-slice TIFF stacks read only that). Errors name the file and
     key: a missing key lists the file's datasets; a truncated, corrupt or junk file raises ``OSError``."""
