@@ -13,7 +13,7 @@ from pathlib import Path
 from monai_denoiseg.engines.strategies import get_strategy
 
 __all__ = ["find_bundle_root", "locate_data", "split_keys", "load_unlabelled", "selection_metric", "resolve_device", "rank_zero_only",
-           "loader_workers", "validation_interval"]
+           "loader_workers", "validation_interval", "detect_layout", "default_splits", "noise_model"]
 
 DATA_ENV = "MONAI_DENOISEG_DATA"
 
@@ -63,15 +63,143 @@ def locate_data(filename: str, data_dir: str | None = None, bundle_root: str | N
     )
 
 
-def split_keys(strategy: str, split: str = "train", noise: str | None = "synthetic") -> tuple[str, ...]:
+def split_keys(strategy: str, split: str = "train", noise: str | None = "synthetic", labels: bool = True) -> tuple[str, ...]:
     """Keys a split loads: training under a Noise2Void strategy never loads the clean image, and with
     real noise (``noise=None``: the raw image is the noisy input) there is no clean image to load.
-    A strategy whose pretraining stage needs it (Sequential pretrains its denoiser with DN-only) loads it."""
+    A strategy whose pretraining stage needs it (Sequential pretrains its denoiser with DN-only) loads it.
+    ``labels=False``: the volume has none (noisy images only). A strategy that cannot train on what the data
+    hold (clean images under real noise, labels that are absent) is refused here, naming the strategies that can."""
     s = get_strategy(strategy)
-    needs_clean = s.needs_clean or any(get_strategy(p).needs_clean for p in s.pretrain.values())
-    if noise is None or (split == "train" and not needs_clean):
-        return ("noisy", "label")
-    return ("noisy", "clean", "label")
+    chain = (s, *(get_strategy(p) for p in s.pretrain.values()))
+    needs_clean = any(x.needs_clean for x in chain)
+    if split == "train" and noise is None and needs_clean:
+        raise ValueError(f"strategy: {strategy!r} trains on clean images, but noise is none (the images are the "
+                         "noisy input, there is no clean image); use a Noise2Void strategy: n2v_joint (labels), "
+                         "n2v_only (no labels), or give clean images with a synthetic noise.")
+    if split == "train" and not labels and any(x.needs_labels for x in chain):
+        raise ValueError(f"strategy: {strategy!r} trains a segmenter on labels, but the volume has none (no "
+                         "label_key found, no train_label_file); pass --label_key / --train_label_file, or use "
+                         "n2v_only (denoising without labels).")
+    keys = ("noisy",) if noise is None or (split == "train" and not needs_clean) else ("noisy", "clean")
+    return (*keys, "label") if labels else keys
+
+
+def noise_model(noise: str | None) -> str | None:
+    """The bundle key ``noise`` as :func:`~monai_denoiseg.data.datasets.load_split` takes it: ``none`` / ``null``
+    (the images are already noisy: real noise) is None, anything else a synthetic noise name."""
+    return None if noise is None or str(noise).lower() in ("none", "null", "real") else str(noise)
+
+
+#: Dataset names tried, in order, when a user's HDF5 / zarr file is given without ``raw_key`` / ``label_key``.
+RAW_KEYS = ("volumes/raw", "raw", "image", "images", "data", "em", "volume")
+LABEL_KEYS = ("volumes/labels/neuron_ids", "volumes/labels/mitochondria", "volumes/labels", "labels", "label",
+              "segmentation", "seg", "gt", "groundtruth", "neuron_ids", "instances")
+
+
+def _arrays(path: Path) -> tuple[str, list[str], dict]:
+    """(format, the 3-D arrays a container holds, its root attributes); TIFF / NIfTI files hold one unnamed array."""
+    from monai_denoiseg.blockwise.storage import volume_format
+
+    fmt = volume_format(path)
+    if fmt == "hdf5":
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                names: list[str] = []
+                f.visititems(lambda n, o: names.append(n) if getattr(o, "ndim", 0) == 3 else None)
+                return fmt, names, dict(f.attrs)
+        except OSError as e:
+            raise OSError(f"{str(path)!r}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
+    if fmt == "zarr":
+        import zarr
+
+        try:
+            node = zarr.open(zarr.storage.LocalStore(path, read_only=True), mode="r")
+        except Exception as e:
+            raise OSError(f"{str(path)!r}: not a readable zarr container: {e}") from e
+        if isinstance(node, zarr.Array):
+            return fmt, [], {}
+        return fmt, sorted(k for k, a in node.members(max_depth=None) if isinstance(a, zarr.Array) and a.ndim == 3), \
+            dict(node.attrs)
+    return fmt, [], {}
+
+
+def _ome_labels(path: Path, attrs: dict) -> str | None:
+    """The first label image of an OME-Zarr image group (NGFF ``labels/`` group), or None."""
+    if "multiscales" not in attrs.get("ome", attrs):
+        return None
+    import zarr
+
+    try:
+        group = zarr.open_group(zarr.storage.LocalStore(path, read_only=True), path="labels", mode="r")
+    except Exception:
+        return None
+    names = dict(group.attrs).get("ome", dict(group.attrs)).get("labels") or []
+    return f"labels/{names[0]}" if names else None
+
+
+def detect_layout(path, raw_key: str | None = None, label_key: str | None = None,
+                  label_file: str | None = None) -> dict:
+    """Where the image and the labels of a user's volume are: ``{"raw_key", "label_key", "label_file", "labels",
+    "shape"}`` for :func:`~monai_denoiseg.data.datasets.load_split`.
+
+    HDF5 / zarr: a given key must exist; a missing one is looked up by the usual names (:data:`RAW_KEYS`,
+    :data:`LABEL_KEYS`; CREMI's ``volumes/raw`` + ``volumes/labels/neuron_ids``, an OME-Zarr image with its
+    ``labels/`` group, or the only 3-D array as the image). Labels live inside the file (``label_key``) or
+    beside it (``label_file``, e.g. a TIFF stack of ids); none found means a volume without labels. Errors
+    name the file and list the datasets it holds."""
+    from monai_denoiseg.data.datasets import _open_volume
+
+    if not path:
+        raise ValueError("train_file: required: --train_file /path/to/volume (CREMI-layout HDF5, zarr / OME-Zarr, "
+                         "TIFF stack or NIfTI, z-y-x).")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"train_file: no file or folder at {str(path)!r}.")
+    fmt, arrays, attrs = _arrays(path)
+    ome = "multiscales" in attrs.get("ome", attrs)
+    if fmt in ("tiff", "nifti") and (raw_key or (label_key and not label_file)):
+        raise ValueError(f"raw_key / label_key: given, but {str(path)!r} is a {fmt} file holding one unnamed volume; "
+                         "leave them null (labels of a TIFF stack come as --train_label_file).")
+    raw = raw_key or next((k for k in RAW_KEYS if k in arrays), None)
+    if raw is None and fmt in ("hdf5", "zarr") and not ome and arrays:
+        if len(images := [a for a in arrays if a not in LABEL_KEYS and not a.startswith("labels/")]) != 1:
+            raise KeyError(f"raw_key: cannot tell which dataset of {str(path)!r} is the image; it holds {arrays}. "
+                           "Pass --raw_key <name>.")
+        raw = images[0]
+    label_path = Path(label_file).expanduser() if label_file else path
+    if label_file and not label_path.exists():
+        raise FileNotFoundError(f"train_label_file: no file or folder at {str(label_path)!r}.")
+    larrays, lattrs = _arrays(label_path)[1:] if label_file else (arrays, attrs)
+    label = label_key or next((k for k in LABEL_KEYS if k in larrays), None)
+    if label is None and label_file and len(larrays) == 1:
+        label = larrays[0]
+    if label is None and "multiscales" in lattrs.get("ome", lattrs):
+        label = _ome_labels(label_path, lattrs)
+    with _open_volume(path, raw) as src:  # headers only: a wrong key fails here, listing what the file holds
+        shape = src.shape
+    has_labels = bool(label_file) or label is not None
+    if has_labels:
+        with _open_volume(label_path, label):
+            pass
+    return {"raw_key": raw, "label_key": label, "label_file": str(label_file) if label_file else None,
+            "labels": has_labels, "shape": shape}
+
+
+def default_splits(depth: int, splits: dict | None = None) -> dict:
+    """``splits`` as given, or contiguous z blocks of a volume of ``depth`` slices: the first 70 % train, the
+    next 10 % validation, the last 20 % test (never overlapping, each at least one slice)."""
+    if splits:
+        return dict(splits)
+    depth = int(depth)
+    if depth < 3:
+        raise ValueError(f"splits: a volume of {depth} slice(s) cannot give train, validation and test slices; "
+                         "pass --splits \"{'train': [0, n], 'val': [n, m], 'test': [m, k]}\" over other volumes "
+                         "(--test_file) or use a deeper volume.")
+    val = min(max(1, round(0.7 * depth)), depth - 2)
+    test = min(max(val + 1, round(0.8 * depth)), depth - 1)
+    return {"train": [0, val], "val": [val, test], "test": [test, depth]}
 
 
 def load_unlabelled(key: str | None, strategy: str, path, **split_kwargs) -> dict | None:
