@@ -19,7 +19,7 @@ from conftest import BUNDLES_DIR, DATA_DIR
 from monai_denoiseg.engines import get_strategy
 from monai_denoiseg.networks import ExportNetwork, paper_joint_net
 
-NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v"]
+NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v", "em_denoiseg"]
 SCHEMA = DATA_DIR.parent / "monai" / "meta_schema_20240725.json"
 SMALL = {"lucchi_mito_n2v": [8, 8, 16, 16, 32, 8]}  # BasicUNet's six widths
 SMALL_JOINT = [8, 16, 32, 32]  # 3 poolings (the IEMs at levels 2 and 3), widths divisible by the 4 heads

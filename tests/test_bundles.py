@@ -28,7 +28,7 @@ from monai_denoiseg.bundle import release as bt
 from monai_denoiseg.engines import get_strategy, load_network_weights
 from monai_denoiseg.metrics import variation_of_information
 
-NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v"]
+NAMES = ["medulla_fibsem_denoiseg", "cremi_denoiseg", "snemi_ac34_denoiseg", "isbi2012_denoiseg", "lucchi_mito_n2v", "em_denoiseg"]
 SCHEMA = DATA_DIR.parent / "monai" / "meta_schema_20240725.json"
 ISBI = {"train_file": data_path("isbi2012", "train-input.tif"), "train_label_file": data_path("isbi2012", "train-labels.tif")}
 
@@ -41,6 +41,7 @@ DATA = {
                             "noise": "film", "splits": "{'train': [0, 4], 'val': [20, 21], 'test': [-1, None]}"},
     "isbi2012_denoiseg": {"splits": "{'train': [0, 4], 'val': [20, 21], 'test': [25, 26]}"},
     "lucchi_mito_n2v": {"splits": "{'train': [0, 4], 'val': [70, 71], 'test': [0, 1]}", "pretrain_iterations": "2"},
+    "em_denoiseg": {**ISBI, "background_label": "0", "splits": "{'train': [0, 4], 'val': [20, 21], 'test': [25, 26]}"},
 }
 TINY = {"epochs": "1", "iterations_per_epoch": "2", "val_interval": "1", "num_workers": "0", "patch_size": "[64,64]"}
 
