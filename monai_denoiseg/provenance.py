@@ -61,24 +61,37 @@ def _write_json_atomic(path: Path, data: dict) -> None:
 
 
 def md5_file(path: str | os.PathLike, chunk: int = 2**22, cache: bool = True) -> str:
-    """md5 of a file, read in 4 MiB chunks (never whole into memory).
+    """md5 of a file, read in 4 MiB chunks (never whole into memory); of a folder (a zarr / N5 volume), md5
+    over its files in sorted order, each as its relative path then its bytes.
 
-    With ``cache`` the digest is kept in ``cache_dir()/md5.json`` under the file's absolute path with its
-    size and ``st_mtime_ns``, so a multi-GB volume is hashed once, not once per run; a file whose size or
-    mtime changed is hashed again. A cache that cannot be written (read-only home) is skipped.
+    With ``cache`` the digest is kept in ``cache_dir()/md5.json`` under the absolute path with its size and
+    ``st_mtime_ns`` (a folder: the md5 of every file's path, size and mtime), so a multi-GB volume is hashed
+    once, not once per run; one whose stamp changed is hashed again. A cache that cannot be written
+    (read-only home) is skipped.
     """
     real = Path(path).resolve()
-    st = real.stat()
-    stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    files = sorted(f for f in real.rglob("*") if f.is_file()) if real.is_dir() else [real]
+    if real.is_dir():
+        listing = hashlib.md5()
+        for f in files:
+            st = f.stat()
+            listing.update(f"{f.relative_to(real).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        stamp = {"listing": listing.hexdigest()}
+    else:
+        st = real.stat()
+        stamp = {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
     store = cache_dir() / "md5.json"
     if cache:
         hit = _read_json(store).get(str(real))
         if isinstance(hit, dict) and {k: hit.get(k) for k in stamp} == stamp and isinstance(hit.get("md5"), str):
             return hit["md5"]
     h = hashlib.md5()
-    with open(real, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
+    for file in files:
+        if real.is_dir():
+            h.update(file.relative_to(real).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(chunk), b""):
+                h.update(block)
     digest = h.hexdigest()
     if cache:
         entries = _read_json(store)  # re-read: another process may have added entries meanwhile

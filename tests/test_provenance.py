@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from ignite.engine import Engine
@@ -94,6 +95,34 @@ def test_md5_is_hashlibs_and_cached_per_path_size_and_mtime(tmp_path, cache):
     (cache / "md5.json").write_text('{"half a')  # a broken cache is rebuilt, not fatal
     assert pv.md5_file(f) == hashlib.md5(content + b"x").hexdigest()
     assert str(f.resolve()) in json.loads((cache / "md5.json").read_text())
+
+
+def test_md5_of_a_zarr_folder_covers_every_chunk_and_its_name(tmp_path):
+    """A zarr volume is a folder: its digest is md5 over the files in sorted order (relative path, NUL, bytes),
+    computed here with hashlib by hand; a changed chunk, a renamed chunk and an added chunk all change it,
+    through the cache too."""
+    import zarr
+
+    vol = tmp_path / "vol.zarr"
+    data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
+    zarr.open_group(vol, mode="w").create_array("raw", data=data, chunks=(1, 64, 64))
+
+    def by_hand():
+        h = hashlib.md5()
+        for f in sorted(q for q in vol.rglob("*") if q.is_file()):
+            h.update(f.relative_to(vol).as_posix().encode() + b"\0" + f.read_bytes())
+        return h.hexdigest()
+
+    chunks = sorted(q for q in (vol / "raw").rglob("*") if q.is_file() and q.name != "zarr.json")
+    assert len(chunks) == 4
+    first = pv.md5_file(vol, chunk=1000)
+    assert first == by_hand()
+    assert pv.md5_file(vol) == first  # cached
+    chunks[1].write_bytes(chunks[1].read_bytes()[::-1])  # one chunk's bytes changed
+    assert pv.md5_file(vol) == by_hand() != first
+    second = by_hand()
+    chunks[2].rename(chunks[2].with_name(chunks[2].name + "x"))  # same bytes, other name
+    assert pv.md5_file(vol) == by_hand() != second
 
 
 def test_config_hash_ignores_key_order_and_sees_every_value():
