@@ -406,3 +406,19 @@ def test_input_format_exports_only_for_volumes_that_fit_in_memory(isbi_stack, tm
     large = inference.run_inference(_net(), src, tmp_path / "large", None, "joint", PAPER_OFFSETS_2D, **kw)
     assert "denoised_export" not in large and not list((tmp_path / "large").glob("*.tif"))
     assert zarr.open_array(large["instances"]).shape == (4, 320, 352)
+
+
+def test_a_denoiser_alone_writes_the_denoised_image_only_and_seg_only_is_refused(isbi_stack, tmp_path):
+    """dn_only / n2v_only predict no affinities: no segmentation tasks, no label image (they used to fail in the
+    workers asking for ``affinity_prob``); seg_only predicts no image, refused before anything is written."""
+    from monai_denoiseg.engines import inference
+
+    src, raw = isbi_stack
+    kw = dict(roi_size=(128, 128), block_shape=(4, 192, 192), num_workers=1, pyramid_levels=0)
+    out = inference.run_inference(_net(), src, tmp_path / "dn", None, "n2v_only", PAPER_OFFSETS_2D, **kw)
+    assert set(out) == {"zarr", "denoised", "denoised_export"}
+    group = zarr.open_group(out["zarr"], mode="r")
+    assert "labels" not in group and "affinities" not in group and group["s0"].shape == raw.shape
+    with pytest.raises(ValueError, match=r"'seg_only'.*predicts no denoised image"):
+        inference.run_inference(_net(), src, tmp_path / "seg", None, "seg_only", PAPER_OFFSETS_2D, **kw)
+    assert not (tmp_path / "seg").exists()

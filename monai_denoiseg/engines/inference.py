@@ -87,8 +87,13 @@ def run_inference(
     if output_format not in ("input", "zarr"):
         raise ValueError(f"output_format: expected 'input' or 'zarr', got {output_format!r}.")
     dev = "auto" if device is None or str(device) == "cuda" else str(device)  # "auto": one GPU per worker
-    paths = run_blockwise(network, input_file, output_dir, input_key, stages=get_strategy(strategy).stages,
-                          offsets=offsets, binary=binary, roi_size=roi_size, sw_batch_size=sw_batch_size,
+    stages = get_strategy(strategy).stages
+    if not {"denoiser", "fusion"} & set(stages):
+        raise ValueError(f"strategy: {get_strategy(strategy).name!r} (stages {stages}) predicts no denoised image, "
+                         "which blockwise inference writes; use a strategy with a denoiser (joint, sequential, ...).")
+    segments = "segmenter" in stages  # a denoiser alone (dn_only, n2v_only): the denoised image only
+    paths = run_blockwise(network, input_file, output_dir, input_key, stages=stages,
+                          offsets=offsets if segments else None, binary=binary and segments, roi_size=roi_size, sw_batch_size=sw_batch_size,
                           overlap=overlap, device=dev, amp=amp, mws_kwargs=mws_kwargs, overwrite=overwrite,
                           **blockwise_kwargs)
     if output_format == "zarr" or volume_format(input_file) in ("zarr", "n5"):
