@@ -74,7 +74,7 @@ def split_keys(strategy: str, split: str = "train", noise: str | None = "synthet
     needs_clean = any(x.needs_clean for x in chain)
     if split == "train" and noise is None and needs_clean:
         raise ValueError(f"strategy: {strategy!r} trains on clean images, but noise is none (the images are the "
-                         "noisy input, there is no clean image); use a Noise2Void strategy: n2v_joint (labels), "
+                         "noisy input, there is no clean image); use a Noise2Void strategy: n2v_joint_supervised (labels), "
                          "n2v_only (no labels), or give clean images with a synthetic noise.")
     if split == "train" and not labels and any(x.needs_labels for x in chain):
         raise ValueError(f"strategy: {strategy!r} trains a segmenter on labels, but the volume has none (no "
@@ -140,7 +140,7 @@ def _ome_labels(path: Path, attrs: dict) -> str | None:
 
 
 def detect_layout(path, raw_key: str | None = None, label_key: str | None = None,
-                  label_file: str | None = None) -> dict:
+                  label_file: str | None = None, name: str = "train_file") -> dict:
     """Where the image and the labels of a user's volume are: ``{"raw_key", "label_key", "label_file", "labels",
     "shape"}`` for :func:`~monai_denoiseg.data.datasets.load_split`.
 
@@ -148,15 +148,15 @@ def detect_layout(path, raw_key: str | None = None, label_key: str | None = None
     :data:`LABEL_KEYS`; CREMI's ``volumes/raw`` + ``volumes/labels/neuron_ids``, an OME-Zarr image with its
     ``labels/`` group, or the only 3-D array as the image). Labels live inside the file (``label_key``) or
     beside it (``label_file``, e.g. a TIFF stack of ids); none found means a volume without labels. Errors
-    name the file and list the datasets it holds."""
+    name the file (the bundle key ``name`` it came from) and list the datasets it holds."""
     from monai_denoiseg.data.datasets import _open_volume
 
     if not path:
-        raise ValueError("train_file: required: --train_file /path/to/volume (CREMI-layout HDF5, zarr / OME-Zarr, "
+        raise ValueError(f"{name}: required: --{name} /path/to/volume (CREMI-layout HDF5, zarr / OME-Zarr, "
                          "TIFF stack or NIfTI, z-y-x).")
     path = Path(path).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"train_file: no file or folder at {str(path)!r}.")
+        raise FileNotFoundError(f"{name}: no file or folder at {str(path)!r}.")
     fmt, arrays, attrs = _arrays(path)
     ome = "multiscales" in attrs.get("ome", attrs)
     if fmt in ("tiff", "nifti") and (raw_key or (label_key and not label_file)):
