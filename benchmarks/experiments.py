@@ -160,11 +160,25 @@ EXPERIMENTS: dict[str, Experiment] = {
         description="Backbones on experiment 1 (the paper's Table 3): denoiser UNet / DnCNN / RIDNet with a "
                     "TransUNet segmenter, Sequential vs Joint.",
     ),
+    # issue 19: docs/own_data.md's worked example, the generic bundle at its documented (default) scale
+    "isbi_own_data": Experiment(
+        "em_denoiseg", rows("joint", "dn_only", "seg_only", train_file="{data}/isbi2012/train-input.tif",
+                            train_label_file="{data}/isbi2012/train-labels.tif", background_label="0"),
+        seeds=(0,), scale={},
+        noisy_input={"path": "isbi2012/train-input.tif", "z_range": (24, 30), "raw_key": None, "label_key": None,
+                     "label_path": "isbi2012/train-labels.tif", "noise": "gaussian_poisson"},
+        description="docs/own_data.md's worked example: ISBI 2012 as a user's TIFF stack + label stack through "
+                    "em_denoiseg with its defaults (Gaussian-Poisson noise; slices 0-20 train, 21-23 validation, "
+                    "24-29 test: the default 70/10/20 split), one seed.",
+    ),
 }
 
 
 def run_dir(name: str, row: str, seed: int) -> Path:
     return RUNS / name / f"{row.replace('/', '_').replace('+', '_')}_seed{seed}"
+
+
+DATA_PLACEHOLDER = "{data}"  # in a row's file override: the shared data folder, kept out of the config hash
 
 
 def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overrides: dict) -> list[str]:
@@ -173,7 +187,7 @@ def _bundle_cmd(exp: Experiment, cmd: str, configs: list[str], out: Path, overri
     args = [sys.executable, "-m", "monai.bundle", "run", cmd, "--config_file", files,
             "--output_dir", str(out), "--model_dir", str(out / "models"), "--data_dir", str(DATA)]
     for key, value in overrides.items():
-        args += [f"--{key}", str(value)]
+        args += [f"--{key}", str(value).replace(DATA_PLACEHOLDER, str(DATA))]
     return args
 
 
@@ -203,7 +217,7 @@ def run_config(name: str, row: str) -> dict:
 def data_files(name: str) -> list[Path]:
     """The data files an experiment's bundle reads: every literal ``locate_data('<file>', ...)`` of its
     configs, where ``locate_data`` finds it for the runs (``DATA``, then the bundle's ``data/``); a file
-    found nowhere is left out."""
+    found nowhere is left out; plus the files a row names with ``{data}/...`` (a user's volume)."""
     exp = EXPERIMENTS[name]
     bundle = ROOT / "bundles" / exp.bundle
     names = []
@@ -212,7 +226,9 @@ def data_files(name: str) -> list[Path]:
             if not line.lstrip().startswith("#"):
                 names += [n for n in re.findall(r"locate_data\(\s*['\"]([^'\"]+)['\"]", line) if n not in names]
     found = ([f for f in (DATA / n, bundle / "data" / n) if f.is_file()][:1] for n in names)
-    return [f for first in found for f in first]
+    given = {Path(str(v).replace(DATA_PLACEHOLDER, str(DATA))) for spec in exp.rows.values() for v in spec.values()
+             if str(v).startswith(DATA_PLACEHOLDER)}  # files a row names itself (a user's volume)
+    return [f for first in found for f in first] + sorted(f for f in given if f.is_file())
 
 
 def run_provenance(name: str, row: str, seed: int) -> dict:
